@@ -1,3 +1,44 @@
-"""resilientdb: an asyncio connection supervisor for asyncpg, aiomysql and aiosqlite."""
+"""resilientdb: an asyncio connection supervisor for asyncpg, aiomysql and aiosqlite.
+
+A service hands it a DSN and stops writing reconnect code: the supervisor rides out database
+restarts, failovers and dropped sockets, and replays an operation only when doing so cannot
+apply a write twice. When it cannot be sure, it raises ``OutcomeUnknown``.
+"""
+
+from . import events
+from ._backoff import Backoff
+from ._database import Database
+from ._row import Row
+from ._states import State
+from ._supervisor import Supervisor
+from .config import BackendConfig, Options
+from .errors import (
+    ConfigurationError,
+    DatabaseUnavailable,
+    OutcomeUnknown,
+    Overloaded,
+    ResilientDBError,
+    SupervisorClosed,
+    TransactionLost,
+)
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "BackendConfig",
+    "Backoff",
+    "ConfigurationError",
+    "Database",
+    "DatabaseUnavailable",
+    "Options",
+    "OutcomeUnknown",
+    "Overloaded",
+    "ResilientDBError",
+    "Row",
+    "State",
+    "Supervisor",
+    "SupervisorClosed",
+    "TransactionLost",
+    "__version__",
+    "events",
+]

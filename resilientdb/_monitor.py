@@ -1,0 +1,302 @@
+"""One backend's supervision: its state, its gate and its single reconnect loop.
+
+Callers never reconnect. They report what they saw (``report_lost``, ``report_suspect``) and
+wait at the gate; the one task here probes with backoff and opens the gate again. That is
+what keeps a database that is just coming back from being hit by every caller at once.
+
+Invariants:
+- ``gate.state`` changes only in ``_signal``, through the pure ``transition`` function.
+- ``generation`` grows on every successful (re)connect, after the old pool generation is
+  retired and before the gate opens, so a failure seen on an old connection after recovery
+  (``report_lost`` with a stale generation) cannot start another reconnect.
+- Exactly one task per backend ever probes; it is created by ``start`` and ended by ``aclose``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Awaitable
+
+from ._gate import Gate
+from ._redact import describe
+from ._states import Action, Signal, State, transition
+from .backends.base import Backend, ErrorKind
+from .config import Options
+from .events import (
+    Connected,
+    Disconnected,
+    ErrorOccurred,
+    EventBus,
+    Reconnected,
+    ReconnectFailed,
+    Reconnecting,
+    StateChanged,
+)
+
+__all__ = ["Monitor"]
+
+logger = logging.getLogger("resilientdb")
+
+
+class Monitor:
+    """Supervises one backend adapter."""
+
+    def __init__(self, name: str, backend: Backend, options: Options, bus: EventBus) -> None:
+        self.name = name
+        self.backend = backend
+        self.options = options
+        self.bus = bus
+        self.gate = Gate(name, options.max_waiters)
+        self.generation = 0
+        self.attempts = 0  # failed probes since the last success
+        self.total_attempts = 0  # every open/probe made while not connected
+        self.reconnects = 0
+        self.replays = 0
+        self.outcome_unknown = 0
+        self.timeouts = 0
+        self.state_since = time.monotonic()
+        self.time_in_state: dict[State, float] = dict.fromkeys(State, 0.0)
+        self._down_since: float | None = None
+        self._ever_connected = False
+        self._next_delay = 0.0
+        self._suspect = False
+        self._rng = random.Random()
+        self._wakeup: asyncio.Event | None = None
+        self._first_attempt: asyncio.Event | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._opening = False
+        self._cleanups: set[asyncio.Task[None]] = set()
+        backend.set_connect_gate(self._pool_may_connect)
+
+    @property
+    def state(self) -> State:
+        return self.gate.state
+
+    def _pool_may_connect(self) -> bool:
+        # The pool opens connections only while connected, or while this loop opens it.
+        return self._opening or self.gate.state is State.CONNECTED
+
+    def release_later(self, release: Awaitable[object]) -> None:
+        """Finish giving a connection back in the background (after a timeout, the driver
+        may wait for its cancel request; the caller's deadline must not)."""
+
+        async def run() -> None:
+            with contextlib.suppress(Exception):
+                await release
+
+        task = asyncio.create_task(run(), name=f"resilientdb-release-{self.name}")
+        self._cleanups.add(task)
+        task.add_done_callback(self._cleanups.discard)
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Create the loop-bound parts and the reconnect task; the first attempt starts now."""
+        self._wakeup = asyncio.Event()
+        self._first_attempt = asyncio.Event()
+        self._next_delay = 0.0
+        self._set_state(State.CONNECTING)
+        self._task = asyncio.create_task(self._run(), name=f"resilientdb-supervisor-{self.name}")
+
+    async def wait_first_attempt(self, timeout: float) -> None:
+        """Wait (bounded) until the first open has succeeded or failed."""
+        if self._first_attempt is not None:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await self._first_attempt.wait()
+
+    async def aclose(self) -> None:
+        """Close the gate (waiters get ``SupervisorClosed``), stop the task, close the pool."""
+        self.gate.closed_reason = f"the supervisor of backend {self.name!r} is closed"
+        self._signal(Signal.CLOSE)
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self._cleanups:
+            await asyncio.wait(set(self._cleanups), timeout=5)
+        await self.backend.close()
+
+    # -- reports from callers (synchronous: the state flips before the caller awaits) ------
+
+    def report_lost(self, generation: int, exc: BaseException, operation: str) -> None:
+        """A caller saw the connection die. Only the first report of a generation counts."""
+        self._error(operation, exc)
+        if generation == self.generation and self.state is State.CONNECTED:
+            self.gate.last_error = exc
+            self._signal(Signal.CONNECTION_LOST, exc)
+
+    def report_suspect(self, generation: int, exc: BaseException, operation: str) -> None:
+        """A statement timed out: maybe slow, maybe a half-open socket. Check in background."""
+        self.timeouts += 1
+        self._error(operation, exc)
+        if generation == self.generation and self.state is State.CONNECTED:
+            self._suspect = True
+            if self._wakeup is not None:
+                self._wakeup.set()
+
+    def _error(self, operation: str, exc: BaseException) -> None:
+        text = describe(exc)
+        kind = type(exc).__name__
+        self.bus.emit(
+            ErrorOccurred(
+                backend=self.name,
+                operation=operation,
+                error_type=kind,
+                message_text=text[len(kind) + 2 :] if text.startswith(kind + ": ") else text,
+                error=exc,
+            )
+        )
+
+    # -- the state machine --------------------------------------------------------------------
+
+    def _signal(self, signal: Signal, cause: BaseException | None = None) -> None:
+        old = self.state
+        new, actions = transition(old, signal)
+        for action in actions:
+            if action is Action.RESET_ATTEMPTS:
+                self.attempts = 0
+            elif action is Action.RETRY:
+                self._next_delay = self.options.backoff.delay(self.attempts, self._rng)
+            elif action is Action.SLOW_PROBE:
+                self._next_delay = self.options.failed_probe_interval
+        if new is not old:
+            self._set_state(new)
+            self._announce(old, new, cause)
+        if Action.WAKE_WAITERS in actions:
+            self.gate.wake_all()
+        if self._wakeup is not None:
+            self._wakeup.set()
+
+    def _set_state(self, new: State) -> None:
+        now = time.monotonic()
+        old = self.gate.state
+        self.time_in_state[old] += now - self.state_since
+        self.state_since = now
+        self.gate.state = new
+        if new is State.RECONNECTING and self._down_since is None:
+            self._down_since = now
+        if new is not old:
+            self.bus.emit(StateChanged(backend=self.name, old=old, new=new))
+
+    def _announce(self, old: State, new: State, cause: BaseException | None) -> None:
+        why = describe(cause) if cause is not None else "unknown"
+        downtime = self.downtime
+        if new is State.CONNECTED:
+            if self._ever_connected:
+                self.reconnects += 1
+                self.bus.emit(
+                    Reconnected(backend=self.name, attempts=self.total_attempts, downtime=downtime)
+                )
+            else:
+                self.bus.emit(Connected(backend=self.name))
+            self._ever_connected = True
+            self._down_since = None
+            self.total_attempts = 0
+        elif new is State.RECONNECTING and old is State.CONNECTED:
+            self.bus.emit(Disconnected(backend=self.name, cause=why))
+        elif new is State.FAILED:
+            permanent = (
+                cause is not None and self.backend.classify_connect(cause) is ErrorKind.PERMANENT
+            )
+            self.bus.emit(
+                ReconnectFailed(
+                    backend=self.name,
+                    attempts=self.total_attempts,
+                    downtime=downtime,
+                    cause=why,
+                    permanent=permanent,
+                )
+            )
+
+    @property
+    def downtime(self) -> float:
+        """Seconds since the backend was last connected (0 when connected)."""
+        return 0.0 if self._down_since is None else time.monotonic() - self._down_since
+
+    def _gave_up(self) -> bool:
+        opts = self.options
+        if opts.max_attempts is not None and self.attempts >= opts.max_attempts:
+            return True
+        return opts.max_downtime is not None and self.downtime >= opts.max_downtime
+
+    # -- the one reconnect loop ---------------------------------------------------------------
+
+    async def _run(self) -> None:
+        assert self._wakeup is not None
+        while self.state is not State.CLOSED:
+            try:
+                if self.state is State.CONNECTED:
+                    await self._wakeup.wait()
+                    self._wakeup.clear()
+                    if self._suspect and self.state is State.CONNECTED:
+                        self._suspect = False
+                        await self._check()
+                    continue
+                # Always yields, even at zero delay: a probe that fails without awaiting
+                # must not starve the loop.
+                await asyncio.sleep(self._next_delay)
+                if self.gate.state is not State.CLOSED:  # closed while sleeping
+                    await self._attempt()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # The loop must outlive its own bugs: log, pause, carry on supervising.
+                logger.exception("resilientdb supervisor loop of %r failed; continuing", self.name)
+                await asyncio.sleep(self.options.backoff.maximum or 0.1)
+
+    async def _attempt(self) -> None:
+        backend = self.backend
+        self.total_attempts += 1
+        try:
+            if backend.opened:
+                await backend.probe()
+            else:
+                self._opening = True
+                try:
+                    await backend.open()
+                finally:
+                    self._opening = False
+        except Exception as exc:
+            self.attempts += 1
+            self.gate.last_error = exc
+            self._error("connect", exc)
+            if backend.classify_connect(exc) is ErrorKind.PERMANENT:
+                self._signal(Signal.CONNECT_PERMANENT, exc)
+            elif self.state is State.RECONNECTING and self._gave_up():
+                self._signal(Signal.GIVE_UP, exc)
+            else:
+                self._signal(Signal.CONNECT_TRANSIENT, exc)
+                if self.state is State.RECONNECTING:
+                    self.bus.emit(
+                        Reconnecting(
+                            backend=self.name,
+                            attempt=self.attempts,
+                            delay=self._next_delay,
+                            downtime=self.downtime,
+                            cause=describe(exc),
+                        )
+                    )
+        else:
+            _, actions = transition(self.state, Signal.CONNECT_OK)
+            if Action.RETIRE_POOL in actions:
+                # The old generation must be gone before the gate opens again.
+                await backend.refresh()
+            self.generation += 1
+            self.gate.last_error = None
+            self._signal(Signal.CONNECT_OK)
+        finally:
+            if self._first_attempt is not None:
+                self._first_attempt.set()
+
+    async def _check(self) -> None:
+        generation = self.generation
+        try:
+            await self.backend.probe()
+        except Exception as exc:
+            self.report_lost(generation, exc, "check")

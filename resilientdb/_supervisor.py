@@ -1,0 +1,228 @@
+"""Supervisor: the object a service creates once, holding one supervised pool per backend."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import time
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from types import TracebackType
+from typing import Any, TypeVar
+
+from ._database import Database
+from ._monitor import Monitor
+from ._states import SEVERITY, State
+from .backends.base import Backend
+from .config import DSN, BackendConfig, Options, check_driver, parse_dsn
+from .errors import ConfigurationError, DatabaseUnavailable, SupervisorClosed
+from .events import ErrorOccurred, Event, EventBus
+
+__all__ = ["Supervisor"]
+
+E = TypeVar("E", bound=Event)
+DEFAULT_NAME = "default"
+
+
+class Supervisor:
+    """Supervises one connection pool per backend and routes every call through a gate.
+
+    ``Supervisor("postgresql://app@db/app")`` has one backend named ``"default"``;
+    ``Supervisor({"main": dsn, "cache": BackendConfig(dsn2, max_size=2)})`` has several.
+    Keyword arguments are the options of :class:`resilientdb.Options`, applied to every
+    backend; a :class:`BackendConfig` overrides them for its backend. Everything is validated
+    here, without I/O: a bad DSN, option or missing driver raises ``ConfigurationError``.
+
+    Use ``async with supervisor:`` (or ``await supervisor.start()`` / ``await
+    supervisor.aclose()``). Starting returns once every backend has made its first connection
+    attempt, whether it succeeded or not: calls made while the database is still down wait at
+    the gate and go through when it comes up.
+
+    ``on_error`` receives an :class:`ErrorOccurred` event for every error the supervisor
+    handles (lost connections, failed probes, unknown outcomes): for Sentry, Slack, paging.
+    """
+
+    def __init__(
+        self,
+        dsn: str | BackendConfig | Mapping[str, str | BackendConfig],
+        /,
+        *,
+        on_error: Callable[[ErrorOccurred], Awaitable[None] | None] | None = None,
+        **options: Any,
+    ) -> None:
+        base = Options.build(**options)
+        specs = _backend_specs(dsn)
+        self._bus = EventBus()
+        self._databases: dict[str, Database] = {}
+        for name, spec in specs.items():
+            if isinstance(spec, BackendConfig):
+                parsed, opts = spec.dsn, Options.build(base, **spec.overrides)
+            else:
+                parsed, opts = parse_dsn(spec), base
+            check_driver(parsed)
+            backend = _load_adapter(parsed, opts)
+            self._databases[name] = Database(Monitor(name, backend, opts, self._bus))
+        if on_error is not None:
+            if not callable(on_error):
+                raise ConfigurationError("on_error must be a callable taking an ErrorOccurred")
+            self._bus.on(ErrorOccurred, on_error)
+        self._started = False
+        self._closed = False
+
+    def __repr__(self) -> str:
+        parts = ", ".join(
+            f"{name}={db._backend.dsn!s} ({db.state.value})" for name, db in self._databases.items()
+        )
+        return f"<Supervisor {parts}>"
+
+    # -- access -------------------------------------------------------------------------------
+
+    @property
+    def db(self) -> Database:
+        """The first (or only) backend's Database."""
+        return next(iter(self._databases.values()))
+
+    def __getitem__(self, name: str) -> Database:
+        try:
+            return self._databases[name]
+        except KeyError:
+            known = ", ".join(repr(n) for n in self._databases)
+            raise KeyError(f"no backend named {name!r}; known: {known}") from None
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._databases)
+
+    def __len__(self) -> int:
+        return len(self._databases)
+
+    @property
+    def databases(self) -> Mapping[str, Database]:
+        """Every backend's Database by name."""
+        return dict(self._databases)
+
+    @property
+    def state(self) -> State:
+        """The worst state over all backends (FAILED beats RECONNECTING beats CONNECTED)."""
+        return max((db.state for db in self._databases.values()), key=SEVERITY.__getitem__)
+
+    def on(self, event_type: type[E], handler: Callable[[E], Awaitable[None] | None]) -> None:
+        """Call ``handler`` (sync or async) for every event of ``event_type``, in order.
+
+        ``supervisor.on(Event, handler)`` receives every event. A handler that raises is
+        logged and never disturbs the supervisor.
+        """
+        self._bus.on(event_type, handler)
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the supervisor tasks and make the first connection attempt of each backend."""
+        if self._closed:
+            raise SupervisorClosed("a closed supervisor cannot be started again; create a new one")
+        if self._started:
+            return
+        self._started = True
+        self._bus.start()
+        monitors = [db._monitor for db in self._databases.values()]
+        for monitor in monitors:
+            monitor.start()
+        bound = max(m.options.connect_timeout for m in monitors) * 2
+        await asyncio.gather(*(m.wait_first_attempt(bound) for m in monitors))
+
+    async def aclose(self) -> None:
+        """Close every pool and stop every task; waiting callers get ``SupervisorClosed``."""
+        if self._closed:
+            return
+        self._closed = True
+        monitors = [db._monitor for db in self._databases.values()]
+        try:
+            await asyncio.gather(*(m.aclose() for m in monitors))
+        finally:
+            await self._bus.aclose()
+
+    async def __aenter__(self) -> Supervisor:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def wait_until_connected(self, timeout: float | None = None) -> None:
+        """Return once every backend is CONNECTED; ``DatabaseUnavailable`` after ``timeout``.
+
+        Unlike a call at the gate, this keeps waiting through FAILED (which heals itself).
+        """
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        for db in self._databases.values():
+            gate = db._gate
+            while gate.state is not State.CONNECTED:
+                if gate.state is State.CLOSED:
+                    raise SupervisorClosed(gate.closed_reason)
+                remaining = None if deadline is None else deadline - loop.time()
+                if remaining is not None and remaining <= 0:
+                    raise DatabaseUnavailable(
+                        f"backend {db.name!r} is still {gate.state.value} after {timeout}s"
+                    ) from gate.last_error
+                try:
+                    await gate.wait_change(remaining)
+                except TimeoutError:
+                    continue
+
+    # -- figures --------------------------------------------------------------------------------
+
+    def stats(self) -> dict[str, dict[str, Any]]:
+        """A snapshot per backend: OpenTelemetry-style pool gauges plus resilientdb counters."""
+        now = time.monotonic()
+        out: dict[str, dict[str, Any]] = {}
+        for name, db in self._databases.items():
+            m = db._monitor
+            pool = m.backend.stats()
+            in_state = dict(m.time_in_state)
+            in_state[m.state] += now - m.state_since
+            out[name] = {
+                "state": m.state.value,
+                "db.client.connection.count": {"idle": pool.idle, "used": pool.in_use},
+                "db.client.connection.max": pool.max_size,
+                "db.client.connection.idle.min": pool.min_size,
+                "db.client.connection.pending_requests": m.gate.waiting,
+                "db.client.connection.timeouts": m.timeouts,
+                "reconnects": m.reconnects,
+                "replays": m.replays,
+                "outcome_unknown": m.outcome_unknown,
+                "time_in_state": {s.value: round(t, 6) for s, t in in_state.items()},
+            }
+        return out
+
+
+def _backend_specs(
+    dsn: str | BackendConfig | Mapping[str, str | BackendConfig],
+) -> dict[str, str | BackendConfig]:
+    if isinstance(dsn, str | BackendConfig):
+        return {DEFAULT_NAME: dsn}
+    if not isinstance(dsn, Mapping):
+        raise ConfigurationError(
+            f"Supervisor takes a DSN string or a mapping of names to DSNs, not {type(dsn).__name__}"
+        )
+    if not dsn:
+        raise ConfigurationError("Supervisor needs at least one backend")
+    for name, spec in dsn.items():
+        if not isinstance(name, str) or not name:
+            raise ConfigurationError(f"backend names must be non-empty strings, not {name!r}")
+        if not isinstance(spec, str | BackendConfig):
+            raise ConfigurationError(
+                f"backend {name!r}: expected a DSN string or BackendConfig, "
+                f"not {type(spec).__name__}"
+            )
+    return dict(dsn)
+
+
+def _load_adapter(dsn: DSN, options: Options) -> Backend:
+    module_name, _, cls_name = dsn.driver.adapter.partition(":")
+    module = importlib.import_module(module_name)
+    backend: Backend = getattr(module, cls_name)(dsn, options)
+    return backend

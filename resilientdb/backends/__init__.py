@@ -1,0 +1,1 @@
+"""Backend adapters: everything driver-specific lives in one module per driver."""

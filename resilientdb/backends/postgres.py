@@ -1,0 +1,207 @@
+"""The PostgreSQL adapter, on asyncpg.
+
+asyncpg's pool reconnects lazily on acquire, which is what the supervisor wants: while the
+gate is closed nobody acquires, so only the reconnect loop's probe knocks on the server, and
+after recovery ``expire_connections()`` retires the old generation in one call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable, Mapping
+from contextlib import AbstractAsyncContextManager
+from typing import Any, cast
+
+import asyncpg
+from asyncpg import exceptions as pgexc
+
+from .._redact import register_secret
+from ..config import DSN, Options
+from .base import Connection, ConnectPaused, ErrorKind, PoolStats
+
+__all__ = ["SQLSTATE_KINDS", "PostgresBackend", "classify_error"]
+
+CLOSE_TIMEOUT = 5.0
+
+C, R, P = ErrorKind.CONNECTION, ErrorKind.RETRYABLE, ErrorKind.PERMANENT
+
+# SQLSTATE -> kind. Codes not listed fall back to their class (SQLSTATE_CLASS_KINDS), then QUERY.
+SQLSTATE_KINDS: Mapping[str, ErrorKind] = {
+    "57P01": C,  # admin_shutdown: pg_terminate_backend, or the server's fast/smart shutdown
+    "57P02": C,  # crash_shutdown: another backend crashed, the server resets everybody
+    "57P03": C,  # cannot_connect_now: the server is starting up or shutting down
+    "57P05": C,  # idle_session_timeout: the server closed an idle connection
+    "25P03": C,  # idle_in_transaction_session_timeout: FATAL, the connection is closed
+    "53300": C,  # too_many_connections: transient, someone will disconnect
+    "40001": R,  # serialization_failure
+    "40P01": R,  # deadlock_detected
+    "28P01": P,  # invalid_password
+    "28000": P,  # invalid_authorization_specification (no pg_hba entry, role cannot log in)
+    "3D000": P,  # invalid_catalog_name: the database does not exist
+}
+SQLSTATE_CLASS_KINDS: Mapping[str, ErrorKind] = {
+    "08": C,  # connection_exception and all its codes (08000, 08003, 08006, 08001, 08004...)
+}
+
+# InterfaceError texts that asyncpg raises from its pre-write state checks: nothing was sent.
+_UNSENT_MESSAGES = ("connection is closed", "pool is closing", "pool is closed")
+
+
+def classify_error(exc: BaseException) -> ErrorKind:
+    """The kind of ``exc`` from its type, SQLSTATE and message, following ``__cause__``."""
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        kind = _classify_one(cur)
+        if kind is not ErrorKind.QUERY:
+            return kind
+        cur = cur.__cause__
+    return ErrorKind.QUERY
+
+
+def _classify_one(exc: BaseException) -> ErrorKind:
+    if isinstance(exc, pgexc.PostgresError):
+        code = exc.sqlstate or ""
+        return SQLSTATE_KINDS.get(code) or SQLSTATE_CLASS_KINDS.get(code[:2], ErrorKind.QUERY)
+    if isinstance(exc, pgexc.ClientConfigurationError):
+        return P  # a bad sslmode or option: retrying cannot fix it
+    if isinstance(exc, pgexc.InterfaceError):
+        text = str(exc)
+        return C if any(m in text for m in _UNSENT_MESSAGES) else ErrorKind.QUERY
+    if isinstance(exc, OSError | TimeoutError | EOFError):
+        # Raw socket errors escape asyncpg: refused, reset, unreachable, DNS, and timeouts
+        # of the connect itself.
+        return C
+    return ErrorKind.QUERY
+
+
+class PostgresBackend:
+    """asyncpg pool plus PostgreSQL's error semantics."""
+
+    def __init__(self, dsn: DSN, options: Options) -> None:
+        self.dsn = dsn
+        self.options = options
+        self._pool: asyncpg.Pool[asyncpg.Record] | None = None
+        self._may_connect: Callable[[], bool] = lambda: True
+        register_secret(dsn.password)
+        register_secret(dsn.options.get("password"))
+        pw = options.connect_kwargs.get("password")
+        register_secret(pw if isinstance(pw, str) else None)
+
+    @property
+    def opened(self) -> bool:
+        return self._pool is not None
+
+    async def _init_connection(self, conn: asyncpg.Connection[asyncpg.Record]) -> None:
+        hook = self.options.on_connect
+        if hook is not None:
+            await hook(conn)
+
+    def set_connect_gate(self, may_connect: Callable[[], bool]) -> None:
+        self._may_connect = may_connect
+
+    async def _pool_connect(self, *args: Any, **kwargs: Any) -> Any:
+        # asyncpg's pool reconnects lazily inside acquire() and in its min-size maintenance;
+        # left alone, every caller queued in acquire() would knock on a dead server in turn.
+        if not self._may_connect():
+            raise ConnectPaused("the supervisor is reconnecting; the pool does not connect now")
+        return await asyncpg.connect(*args, **kwargs)
+
+    async def _reset_connection(self, conn: asyncpg.Connection[asyncpg.Record]) -> None:
+        # asyncpg's release runs RESET ALL, which would undo what on_connect set (search_path,
+        # session settings) after the first use; run the hook again so it always holds.
+        await self._init_connection(conn)
+
+    async def open(self) -> None:
+        opts = self.options
+        pool = asyncpg.create_pool(
+            self.dsn.raw,
+            min_size=opts.min_size,
+            max_size=opts.max_size,
+            max_inactive_connection_lifetime=opts.max_idle or 0.0,
+            timeout=opts.connect_timeout,
+            init=self._init_connection,
+            connect=self._pool_connect,
+            reset=self._reset_connection if opts.on_connect is not None else None,
+            **dict(opts.connect_kwargs),
+        )
+        # min_size connections open concurrently, each bounded by `timeout`; the outer bound
+        # covers on_connect hooks too. A failed init terminates what it opened.
+        async with asyncio.timeout(opts.connect_timeout * 2):
+            self._pool = await pool
+
+    async def probe(self) -> None:
+        opts = self.options
+        conn = await asyncpg.connect(
+            self.dsn.raw, timeout=opts.connect_timeout, **dict(opts.connect_kwargs)
+        )
+        try:
+            await conn.fetchval("SELECT 1", timeout=opts.connect_timeout)
+        finally:
+            await _close_connection(conn)
+
+    async def refresh(self) -> None:
+        if self._pool is not None:
+            await self._pool.expire_connections()
+
+    async def close(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        try:
+            await asyncio.wait_for(pool.close(), timeout=CLOSE_TIMEOUT)
+        except (TimeoutError, OSError, pgexc.PostgresError, pgexc.InterfaceError):
+            pool.terminate()
+
+    def acquire(self, timeout: float | None) -> AbstractAsyncContextManager[Connection]:
+        pool = self._pool
+        if pool is None:
+            raise pgexc.InterfaceError("pool is closed")
+        return cast(AbstractAsyncContextManager[Connection], pool.acquire(timeout=timeout))
+
+    def raw(self, conn: Connection) -> Any:
+        return conn
+
+    def discard(self, conn: Connection) -> None:
+        # terminate() closes the socket now; the pool replaces the connection when released.
+        with contextlib.suppress(Exception):
+            cast(asyncpg.Connection[asyncpg.Record], conn).terminate()
+
+    def classify(self, exc: BaseException, conn: Connection | None = None) -> ErrorKind:
+        kind = classify_error(exc)
+        if kind is ErrorKind.QUERY and conn is not None:
+            # An unfamiliar error on a connection that is now closed is a lost connection.
+            with contextlib.suppress(Exception):
+                if conn.is_closed():
+                    return C
+        return kind
+
+    def classify_connect(self, exc: BaseException) -> ErrorKind:
+        kind = classify_error(exc)
+        if kind is ErrorKind.RETRYABLE:
+            return C
+        # Anything else failing at connect (a permission error, a broken on_connect hook)
+        # will fail the same way next time: permanent, probed slowly.
+        return kind if kind is C else P
+
+    def unsent(self, exc: BaseException) -> bool:
+        return isinstance(exc, pgexc.InterfaceError) and any(
+            m in str(exc) for m in _UNSENT_MESSAGES
+        )
+
+    def stats(self) -> PoolStats:
+        pool, opts = self._pool, self.options
+        if pool is None:
+            return PoolStats(0, 0, 0, opts.min_size, opts.max_size)
+        size, idle = pool.get_size(), pool.get_idle_size()
+        return PoolStats(size, idle, size - idle, opts.min_size, opts.max_size)
+
+
+async def _close_connection(conn: asyncpg.Connection[asyncpg.Record]) -> None:
+    try:
+        await asyncio.wait_for(conn.close(), timeout=CLOSE_TIMEOUT)
+    except (Exception, asyncio.CancelledError):
+        conn.terminate()
+        raise

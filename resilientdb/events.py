@@ -1,0 +1,267 @@
+"""Typed events, the handler registry, and their delivery.
+
+Every event is a frozen dataclass. ``supervisor.on(EventType, handler)`` registers a sync or
+async handler; ``on(Event, handler)`` receives them all. Delivery runs on one background task,
+in emission order, so a slow handler never blocks the supervisor and a failing one is logged
+and isolated. Every event also goes to the ``resilientdb`` logger.
+
+Nothing here ever carries a password: causes are kept as redacted text, and the exception
+object, for ``on_error`` hooks that report to an error tracker, is excluded from ``repr``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from ._states import State
+
+__all__ = [
+    "Connected",
+    "Disconnected",
+    "ErrorOccurred",
+    "Event",
+    "EventBus",
+    "MemoryPressure",
+    "OperationReplayed",
+    "ReconnectFailed",
+    "Reconnected",
+    "Reconnecting",
+    "StateChanged",
+]
+
+logger = logging.getLogger("resilientdb")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Event:
+    """Base class: ``backend`` names the backend, ``time`` is wall-clock seconds."""
+
+    backend: str
+    time: float = field(default_factory=time.time)
+
+    level = logging.INFO
+
+    def message(self) -> str:
+        """One human line for the log."""
+        return f"{type(self).__name__} {self.backend}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Connected(Event):
+    """The backend connected for the first time."""
+
+    def message(self) -> str:
+        return f"backend {self.backend!r} connected"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Disconnected(Event):
+    """A connected backend lost its connection; the reconnect loop starts."""
+
+    cause: str
+
+    level = logging.WARNING
+
+    def message(self) -> str:
+        return f"backend {self.backend!r} disconnected: {self.cause}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Reconnecting(Event):
+    """A reconnect attempt failed; the next comes after ``delay`` seconds."""
+
+    attempt: int
+    delay: float
+    downtime: float
+    cause: str
+
+    level = logging.WARNING
+
+    def message(self) -> str:
+        return (
+            f"backend {self.backend!r} reconnect attempt {self.attempt} failed after "
+            f"{self.downtime:.2f}s down, next in {self.delay:.2f}s: {self.cause}"
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class Reconnected(Event):
+    """The backend is connected again after ``downtime`` seconds and ``attempts`` probes."""
+
+    attempts: int
+    downtime: float
+
+    def message(self) -> str:
+        return (
+            f"backend {self.backend!r} reconnected after {self.downtime:.2f}s "
+            f"({self.attempts} attempts)"
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReconnectFailed(Event):
+    """The backend went FAILED: a permanent error, or the give-up limits were reached.
+
+    The supervisor keeps probing every ``failed_probe_interval``; callers fail fast meanwhile.
+    """
+
+    attempts: int
+    downtime: float
+    cause: str
+    permanent: bool
+
+    level = logging.ERROR
+
+    def message(self) -> str:
+        why = "permanent error" if self.permanent else "gave up"
+        return f"backend {self.backend!r} failed ({why}, {self.attempts} attempts): {self.cause}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class StateChanged(Event):
+    """Every state transition of a backend."""
+
+    old: State
+    new: State
+
+    level = logging.DEBUG
+
+    def message(self) -> str:
+        return f"backend {self.backend!r} state {self.old.value} -> {self.new.value}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class OperationReplayed(Event):
+    """An operation was replayed after a failure that made it safe to do so."""
+
+    operation: str
+    replay: int
+    reason: str
+    cause: str
+
+    def message(self) -> str:
+        return (
+            f"backend {self.backend!r} replayed {self.operation} (replay {self.replay}, "
+            f"{self.reason}): {self.cause}"
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class MemoryPressure(Event):
+    """The process's memory crossed the watchdog's threshold."""
+
+    rss: int
+    limit: int
+    ratio: float
+    threshold: float
+    trimmed: int = 0
+
+    level = logging.WARNING
+
+    def message(self) -> str:
+        return (
+            f"memory pressure: {self.rss} of {self.limit} bytes ({self.ratio:.0%} > "
+            f"{self.threshold:.0%}); trimmed {self.trimmed} idle connections"
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class ErrorOccurred(Event):
+    """An error the supervisor handled: a lost connection, a failed probe, an unknown outcome.
+
+    ``error`` is the exception itself for error trackers (excluded from ``repr``);
+    ``message_text`` is its redacted one-line description.
+    """
+
+    operation: str
+    error_type: str
+    message_text: str
+    error: BaseException | None = field(default=None, repr=False, compare=False)
+
+    # DEBUG: the story is already logged by Disconnected / Reconnecting / ReconnectFailed.
+    level = logging.DEBUG
+
+    def message(self) -> str:
+        return f"backend {self.backend!r} {self.operation}: {self.error_type}: {self.message_text}"
+
+
+E = TypeVar("E", bound=Event)
+Handler = Callable[[Any], Awaitable[None] | None]
+
+
+class EventBus:
+    """Handlers by event type, and the queue that delivers to them in order.
+
+    The queue and its task exist only between ``start()`` and ``aclose()``: nothing tied to an
+    event loop is created at construction.
+    """
+
+    def __init__(self) -> None:
+        self._handlers: list[tuple[type[Event], Handler]] = []
+        self._queue: asyncio.Queue[Event | None] | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def on(self, event_type: type[E], handler: Callable[[E], Awaitable[None] | None]) -> None:
+        """Deliver events of ``event_type`` (and its subclasses) to ``handler``."""
+        if not (isinstance(event_type, type) and issubclass(event_type, Event)):
+            raise TypeError(f"on() takes an Event subclass, not {event_type!r}")
+        if not callable(handler):
+            raise TypeError("on() takes a callable handler")
+        self._handlers.append((event_type, handler))
+
+    def off(self, event_type: type[Event], handler: Handler) -> None:
+        """Stop delivering ``event_type`` to ``handler``."""
+        self._handlers.remove((event_type, handler))
+
+    def emit(self, event: Event) -> None:
+        """Log the event and queue it for the handlers. Never raises, never blocks."""
+        if logger.isEnabledFor(event.level):
+            logger.log(event.level, event.message(), extra={"resilientdb_event": event})
+        if self._queue is not None and self._handlers:
+            self._queue.put_nowait(event)
+
+    def start(self) -> None:
+        self._queue = asyncio.Queue()
+        self._task = asyncio.create_task(self._deliver(self._queue), name="resilientdb-events")
+
+    async def aclose(self) -> None:
+        """Deliver what is queued, then stop."""
+        if self._queue is None or self._task is None:
+            return
+        self._queue.put_nowait(None)
+        task = self._task
+        self._queue = None
+        self._task = None
+        try:
+            # Shielded so that a slow handler gets its bounded chance to finish.
+            await asyncio.wait_for(asyncio.shield(task), timeout=5)
+        except TimeoutError:
+            logger.warning("event handlers did not finish within 5 s; dropping the rest")
+        finally:
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    async def _deliver(self, queue: asyncio.Queue[Event | None]) -> None:
+        while (event := await queue.get()) is not None:
+            for event_type, handler in list(self._handlers):
+                if isinstance(event, event_type):
+                    await _call(handler, event)
+
+
+async def _call(handler: Handler, event: Event) -> None:
+    try:
+        result = handler(event)
+        if inspect.isawaitable(result):
+            await result
+    except Exception:
+        # A broken handler must never disturb the supervisor or the other handlers.
+        logger.exception("event handler %r failed on %s", handler, type(event).__name__)
