@@ -21,6 +21,8 @@ from ._states import State
 from .backends.base import Connection, ErrorKind
 from .errors import DatabaseUnavailable, OutcomeUnknown
 from .events import OperationReplayed
+from .health import HealthReport
+from .health import check as check_health
 
 __all__ = ["Database"]
 
@@ -155,7 +157,8 @@ class Database:
             acquire_timeout: float | None
             command_timeout: float | None
             if deadline is None:
-                acquire_timeout, command_timeout = opts.acquire_timeout, opts.command_timeout
+                # None: the adapter applies the configured command_timeout itself.
+                acquire_timeout, command_timeout = opts.acquire_timeout, None
             else:
                 acquire_timeout = self._bound(opts.acquire_timeout, deadline)
                 command_timeout = self._bound(opts.command_timeout, deadline)
@@ -298,6 +301,11 @@ class Database:
                 cause=describe(cause),
             )
         )
+
+    async def health(self, timeout: float | None = None) -> HealthReport:
+        """This backend's :class:`HealthReport` (see ``Supervisor.health``); never raises for
+        a database problem, never takes longer than ``timeout`` (default ``health_timeout``)."""
+        return await check_health([self._monitor], timeout)
 
     # -- deadlines ----------------------------------------------------------------------------
 

@@ -49,8 +49,9 @@ runs a read.
 
 Consequences worth knowing: ``'it\\'s'`` and ``$$it's$$`` are False (the readings disagree
 on where the literal ends), as are dollar quotes holding ``;`` or INTO, SQLite
-``[identifiers]`` and unquoted column names that spell a write keyword, and a leading
-``/* nested /* comment */ text */`` (MySQL reads ``text */ SELECT`` as a statement).
+``[identifiers]`` and unquoted column names that spell a write keyword, ``EXPLAIN`` of a
+write even without ANALYZE, and a leading ``/* nested /* comment */ text */`` (MySQL reads
+``text */ SELECT`` as a statement).
 
 Side effects inside a SELECT (``nextval()``, ``pg_advisory_lock()``, ``GET_LOCK()``, a
 volatile user function) cannot be seen in the text: callers pass ``idempotent=False`` for
@@ -66,15 +67,15 @@ from typing import Literal, NamedTuple, TypeAlias
 
 __all__ = ["is_read_only", "may_replay"]
 
-Token: TypeAlias = tuple[str, str]  # (kind, text); a word's text is upper-cased
+_Token: TypeAlias = tuple[str, str]  # (kind, text); a word's text is upper-cased
 _WORD, _PUNCT, _LITERAL, _VARIABLE = "word", "punct", "literal", "variable"
-_LIT: Token = (_LITERAL, "")
-_VAR: Token = (_VARIABLE, "")  # SQLite's $x @x :x #x
-_OPEN: Token = (_PUNCT, "(")
-_CLOSE: Token = (_PUNCT, ")")
-_COMMA: Token = (_PUNCT, ",")
-_END: Token = (_PUNCT, ";")
-_UNSAFE: Token = ("unsafe", "")
+_LIT: _Token = (_LITERAL, "")
+_VAR: _Token = (_VARIABLE, "")  # SQLite's $x @x :x #x
+_OPEN: _Token = (_PUNCT, "(")
+_CLOSE: _Token = (_PUNCT, ")")
+_COMMA: _Token = (_PUNCT, ",")
+_END: _Token = (_PUNCT, ";")
+_UNSAFE: _Token = ("unsafe", "")
 
 _READ_ONLY_STARTS = frozenset({"SELECT", "SHOW", "VALUES", "TABLE", "WITH"})
 _EXPLAIN_STARTS = frozenset({"EXPLAIN", "DESCRIBE", "DESC"})
@@ -163,7 +164,7 @@ def _outcome(sql: str, dialect: _Dialect) -> Literal["reads", "nothing", "may wr
     Stops reading early where the answer is known, so a long INSERT costs little.
     """
     outcome: Literal["reads", "nothing"] = "nothing"
-    tokens: list[Token] = []
+    tokens: list[_Token] = []
     start = 0  # where the leading keyword is (or will be) in `tokens`
     for token in _tokens(sql, dialect):
         if token == _UNSAFE:
@@ -189,7 +190,7 @@ def _outcome(sql: str, dialect: _Dialect) -> Literal["reads", "nothing", "may wr
     return outcome
 
 
-def _tokens(sql: str, d: _Dialect) -> Iterator[Token]:
+def _tokens(sql: str, d: _Dialect) -> Iterator[_Token]:
     """The tokens of `sql` as `d` reads it, with _END after each statement.
 
     Comments vanish; literals and quoted identifiers become opaque tokens; words are
@@ -297,7 +298,7 @@ def _skip_sqlite_variable(sql: str, start: int) -> int:
         pos += 2
 
 
-def _statement_is_read_only(tokens: list[Token], start: int, family: str) -> bool:
+def _statement_is_read_only(tokens: list[_Token], start: int, family: str) -> bool:
     """Judge one statement whose leading keyword is ``tokens[start]``."""
     first = tokens[start][1]
     if first in _EXPLAIN_STARTS:
@@ -319,7 +320,7 @@ def _statement_is_read_only(tokens: list[Token], start: int, family: str) -> boo
     return True
 
 
-def _is_lock_or_function(tokens: list[Token], k: int) -> bool:
+def _is_lock_or_function(tokens: list[_Token], k: int) -> bool:
     """True for the UPDATE of ``FOR [NO KEY] UPDATE`` and the REPLACE of ``replace(...)``."""
     if tokens[k][1] == "REPLACE":
         return tokens[k + 1 : k + 2] == [_OPEN]
@@ -329,10 +330,10 @@ def _is_lock_or_function(tokens: list[Token], k: int) -> bool:
     return False
 
 
-def _explain_runs_nothing(tokens: list[Token], j: int) -> bool:
+def _explain_runs_nothing(tokens: list[_Token], j: int) -> bool:
     """False when EXPLAIN's options (`tokens` from `j`) ask it to run the statement."""
     if tokens[j : j + 1] == [_OPEN]:  # PostgreSQL's (option [value], ...)
-        options: list[list[Token]] = [[]]
+        options: list[list[_Token]] = [[]]
         depth = 1
         j += 1
         while depth:
@@ -359,5 +360,5 @@ def _explain_runs_nothing(tokens: list[Token], j: int) -> bool:
     return not _mentions_analyze(tokens[j:])
 
 
-def _mentions_analyze(tokens: list[Token]) -> bool:
+def _mentions_analyze(tokens: list[_Token]) -> bool:
     return any(kind == _WORD and text in _ANALYZE for kind, text in tokens)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import importlib
-import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from types import TracebackType
 from typing import Any, TypeVar
 
+from . import metrics
 from ._database import Database
 from ._monitor import Monitor
 from ._states import SEVERITY, State
@@ -16,6 +16,9 @@ from .backends.base import Backend
 from .config import DSN, BackendConfig, Options, check_driver, parse_dsn
 from .errors import ConfigurationError, DatabaseUnavailable, SupervisorClosed
 from .events import ErrorOccurred, Event, EventBus
+from .health import HealthReport
+from .health import check as check_health
+from .memory import MemoryWatchdog
 
 __all__ = ["Supervisor"]
 
@@ -67,6 +70,8 @@ class Supervisor:
             self._bus.on(ErrorOccurred, on_error)
         self._started = False
         self._closed = False
+        self._options = base  # supervisor-wide settings (the memory watchdog's)
+        self._watchdog: MemoryWatchdog | None = None
 
     def __repr__(self) -> str:
         parts = ", ".join(
@@ -125,6 +130,17 @@ class Supervisor:
         monitors = [db._monitor for db in self._databases.values()]
         for monitor in monitors:
             monitor.start()
+        opts = self._options
+        if opts.memory_watchdog:
+            self._watchdog = MemoryWatchdog(
+                monitors,
+                self._bus,
+                threshold=opts.memory_threshold,
+                interval=opts.memory_interval,
+                actions=opts.memory_actions,
+                reader=opts.memory_reader,
+            )
+            self._watchdog.start()
         bound = max(m.options.connect_timeout for m in monitors) * 2
         await asyncio.gather(*(m.wait_first_attempt(bound) for m in monitors))
 
@@ -134,7 +150,10 @@ class Supervisor:
             return
         self._closed = True
         monitors = [db._monitor for db in self._databases.values()]
+        watchdog, self._watchdog = self._watchdog, None
         try:
+            if watchdog is not None:
+                await watchdog.aclose()
             await asyncio.gather(*(m.aclose() for m in monitors))
         finally:
             await self._bus.aclose()
@@ -177,26 +196,16 @@ class Supervisor:
 
     def stats(self) -> dict[str, dict[str, Any]]:
         """A snapshot per backend: OpenTelemetry-style pool gauges plus resilientdb counters."""
-        now = time.monotonic()
-        out: dict[str, dict[str, Any]] = {}
-        for name, db in self._databases.items():
-            m = db._monitor
-            pool = m.backend.stats()
-            in_state = dict(m.time_in_state)
-            in_state[m.state] += now - m.state_since
-            out[name] = {
-                "state": m.state.value,
-                "db.client.connection.count": {"idle": pool.idle, "used": pool.in_use},
-                "db.client.connection.max": pool.max_size,
-                "db.client.connection.idle.min": pool.min_size,
-                "db.client.connection.pending_requests": m.gate.waiting,
-                "db.client.connection.timeouts": m.timeouts,
-                "reconnects": m.reconnects,
-                "replays": m.replays,
-                "outcome_unknown": m.outcome_unknown,
-                "time_in_state": {s.value: round(t, 6) for s, t in in_state.items()},
-            }
-        return out
+        return metrics.snapshot({name: db._monitor for name, db in self._databases.items()})
+
+    async def health(self, timeout: float | None = None) -> HealthReport:
+        """Check every backend now (concurrently) and return a :class:`HealthReport`.
+
+        Each backend's check (state, pool figures, a ``SELECT 1`` with its own short acquire)
+        is bounded by ``timeout`` seconds, or by the backend's ``health_timeout`` option. It
+        never raises for a database problem: an outage is a ``fail`` in the report.
+        """
+        return await check_health((db._monitor for db in self._databases.values()), timeout)
 
 
 def _backend_specs(

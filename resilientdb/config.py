@@ -13,7 +13,7 @@ import importlib.util
 import math
 import re
 import sys
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
@@ -186,6 +186,7 @@ def with_host(dsn: DSN, host: str, port: int) -> str:
 
 
 ConnectHook = Callable[[Any], Awaitable[None]]
+MEMORY_ACTIONS = frozenset({"gc", "trim"})
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -204,7 +205,7 @@ class Options:
     """Bound on opening one connection, greeting and authentication included."""
     acquire_timeout: float = 30.0
     """Bound on waiting for a free pool connection."""
-    command_timeout: float | None = 300.0
+    command_timeout: float | None = None
     """Bound on one statement; also what finds a half-open socket mid-query."""
     gate_timeout: float = 30.0
     """How long a call waits at the gate for a reconnect before ``DatabaseUnavailable``."""
@@ -226,6 +227,19 @@ class Options:
     """``async def hook(raw_connection)`` run on every new connection (SET search_path...)."""
     connect_kwargs: Mapping[str, Any] = field(default_factory=dict)
     """Keyword arguments passed through to the driver's connect call."""
+    health_timeout: float = 1.0
+    """Bound on one health check, its ping's own acquire included (never ``acquire_timeout``)."""
+    memory_watchdog: bool = True
+    """Run the memory watchdog (supervisor-wide: per-backend ``memory_*`` overrides are ignored)."""
+    memory_threshold: float = 0.85
+    """Fraction of the memory limit (cgroup, else system) above which the watchdog acts."""
+    memory_interval: float = 10.0
+    """Seconds between two memory samples."""
+    memory_actions: Collection[str] = frozenset({"gc", "trim"})
+    """What the watchdog does past the threshold besides emitting ``MemoryPressure``:
+    ``"gc"`` (``gc.collect()``) and ``"trim"`` (close idle connections down to ``min_size``)."""
+    memory_reader: Callable[[], tuple[int, int]] | None = None
+    """``() -> (resident_bytes, limit_bytes)``; ``None`` reads the process through psutil."""
 
     def __post_init__(self) -> None:
         _check_int("min_size", self.min_size, minimum=0)
@@ -252,6 +266,39 @@ class Options:
             raise ConfigurationError("on_connect must be an async callable taking the connection")
         if not isinstance(self.connect_kwargs, Mapping):
             raise ConfigurationError("connect_kwargs must be a mapping of driver arguments")
+        self._check_operations()
+
+    def _check_operations(self) -> None:
+        _check_seconds("health_timeout", self.health_timeout)
+        _check_seconds("memory_interval", self.memory_interval)
+        if not isinstance(self.memory_watchdog, bool):
+            raise ConfigurationError(
+                f"memory_watchdog must be True or False, not {self.memory_watchdog!r}"
+            )
+        threshold = self.memory_threshold
+        if (
+            isinstance(threshold, bool)
+            or not isinstance(threshold, int | float)
+            or not 0 < threshold <= 1
+        ):
+            raise ConfigurationError(
+                f"memory_threshold must be a fraction in (0, 1], not {threshold!r}"
+            )
+        actions = self.memory_actions
+        if isinstance(actions, str) or not isinstance(actions, Collection):
+            raise ConfigurationError(
+                f"memory_actions must be a set of names, not {type(actions).__name__}"
+            )
+        unknown = set(actions) - MEMORY_ACTIONS
+        if unknown:
+            raise ConfigurationError(
+                f"unknown memory_actions {sorted(map(str, unknown))}; "
+                f"choose from {sorted(MEMORY_ACTIONS)}"
+            )
+        # Normalised so that Options stays comparable whatever collection was passed.
+        object.__setattr__(self, "memory_actions", frozenset(actions))
+        if self.memory_reader is not None and not callable(self.memory_reader):
+            raise ConfigurationError("memory_reader must be a callable returning (rss, limit)")
 
     @classmethod
     def build(cls, base: Options | None = None, **overrides: Any) -> Options:

@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 from ..config import DSN, Options
 
-__all__ = ["Backend", "ConnectPaused", "Connection", "ErrorKind", "PoolStats"]
+__all__ = ["Backend", "ConnectPaused", "Connection", "ErrorKind", "PoolStats", "TrimsIdle"]
 
 
 class ConnectPaused(ConnectionError):
@@ -49,7 +49,9 @@ class PoolStats:
 class Connection(Protocol):
     """The uniform connection API: asyncpg's own, which the other adapters imitate.
 
-    ``timeout`` is the statement's bound in seconds (``None``: unbounded).
+    ``timeout`` is the statement's bound in seconds; ``None`` means the backend's configured
+    ``Options.command_timeout`` (which may itself be ``None``: unbounded). A statement that
+    exceeds it raises ``TimeoutError`` and its connection is discarded by the caller.
     """
 
     async def fetch(self, query: str, *args: Any, timeout: float | None = None) -> list[Any]: ...
@@ -134,4 +136,18 @@ class Backend(Protocol):
 
     def stats(self) -> PoolStats:
         """Pool gauges now (zeros when not open)."""
+        ...
+
+
+class TrimsIdle(Protocol):
+    """Optional adapter capability, used by the memory watchdog (called through ``getattr``).
+
+    An adapter without it is simply not trimmed.
+    """
+
+    async def trim_idle(self) -> int:
+        """Close idle pooled connections beyond ``min_size`` now; return how many closed.
+
+        Connections in use are never touched.
+        """
         ...

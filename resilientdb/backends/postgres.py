@@ -17,6 +17,7 @@ import asyncpg
 from asyncpg import exceptions as pgexc
 
 from .._redact import register_secret
+from .._wheel import TimeoutWheel
 from ..config import DSN, Options
 from .base import Connection, ConnectPaused, ErrorKind, PoolStats
 
@@ -85,6 +86,7 @@ class PostgresBackend:
         self.options = options
         self._pool: asyncpg.Pool[asyncpg.Record] | None = None
         self._may_connect: Callable[[], bool] = lambda: True
+        self._wheel = TimeoutWheel()
         register_secret(dsn.password)
         register_secret(dsn.options.get("password"))
         pw = options.connect_kwargs.get("password")
@@ -122,6 +124,9 @@ class PostgresBackend:
             max_size=opts.max_size,
             max_inactive_connection_lifetime=opts.max_idle or 0.0,
             timeout=opts.connect_timeout,
+            # The connection-level default bounds every statement sent with timeout=None,
+            # the release-time RESET included, at the cost of one protocol timer.
+            command_timeout=opts.command_timeout,
             init=self._init_connection,
             connect=self._pool_connect,
             reset=self._reset_connection if opts.on_connect is not None else None,
@@ -159,7 +164,12 @@ class PostgresBackend:
         pool = self._pool
         if pool is None:
             raise pgexc.InterfaceError("pool is closed")
-        return cast(AbstractAsyncContextManager[Connection], pool.acquire(timeout=timeout))
+        queue = getattr(pool, "_queue", None)
+        if timeout is None or (queue is not None and not queue.empty()):
+            # A holder is free: acquire() returns without waiting (opening a connection is
+            # bounded by connect_timeout), so skip asyncpg's wait_for, which costs a task.
+            return cast(AbstractAsyncContextManager[Connection], pool.acquire())
+        return _TimedAcquire(pool, timeout, self._wheel)
 
     def raw(self, conn: Connection) -> Any:
         return conn
@@ -191,12 +201,55 @@ class PostgresBackend:
             m in str(exc) for m in _UNSENT_MESSAGES
         )
 
+    async def trim_idle(self) -> int:
+        """Close idle connections beyond ``min_size`` (for the memory watchdog); how many.
+
+        asyncpg has no public call for this. It goes through the pool's own inactivity path
+        (``_deactivate_inactive_connection``), which never touches a connection in use and
+        keeps the ``min_size`` floor; should asyncpg's internals change, nothing is trimmed.
+        """
+        pool = self._pool
+        if pool is None:
+            return 0
+        before = pool.get_size()
+        with contextlib.suppress(Exception):
+            for holder in list(cast(Any, pool)._holders):
+                if pool.get_size() <= pool.get_min_size():
+                    break
+                if holder.is_connected() and holder._in_use is None:
+                    # Cancel the pending inactivity timer first, or it would fire later on a
+                    # holder that may be in use again by then.
+                    holder._maybe_cancel_inactive_callback()
+                    holder._deactivate_inactive_connection()
+        return max(before - pool.get_size(), 0)
+
     def stats(self) -> PoolStats:
         pool, opts = self._pool, self.options
         if pool is None:
             return PoolStats(0, 0, 0, opts.min_size, opts.max_size)
         size, idle = pool.get_size(), pool.get_idle_size()
         return PoolStats(size, idle, size - idle, opts.min_size, opts.max_size)
+
+
+class _TimedAcquire:
+    """``pool.acquire()`` bounded through the adapter's shared timeout wheel."""
+
+    __slots__ = ("_conn", "_pool", "_timeout", "_wheel")
+
+    def __init__(
+        self, pool: asyncpg.Pool[asyncpg.Record], timeout: float, wheel: TimeoutWheel
+    ) -> None:
+        self._pool = pool
+        self._timeout = timeout
+        self._wheel = wheel
+        self._conn: Any = None
+
+    async def __aenter__(self) -> Connection:
+        self._conn = await self._wheel.wait(self._pool.acquire(), self._timeout)
+        return cast(Connection, self._conn)
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self._pool.release(self._conn)
 
 
 async def _close_connection(conn: asyncpg.Connection[asyncpg.Record]) -> None:

@@ -115,6 +115,8 @@ class FakeBackend:
         self.retired_below = 0
         self.generation = 0
         self.executed: list[tuple[str, str]] = []
+        self.trimmable = 0  # idle connections trim_idle() reports closing (then 0)
+        self.trims = 0
         self._opened = False
         self.closed = False
         self.may_connect: Callable[[], bool] = lambda: True
@@ -203,6 +205,11 @@ class FakeBackend:
 
     def unsent(self, exc: BaseException) -> bool:
         return isinstance(exc, FakeNotSent)
+
+    async def trim_idle(self) -> int:
+        self.trims += 1
+        trimmed, self.trimmable = self.trimmable, 0
+        return trimmed
 
     def stats(self) -> PoolStats:
         return PoolStats(self.in_use, 0, self.in_use, self.options.min_size, self.options.max_size)

@@ -1,0 +1,1 @@
+"""Runnable comparisons of resilientdb against raw drivers and peer libraries."""
