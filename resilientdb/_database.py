@@ -10,19 +10,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar
 
+from . import _transaction as _tx
 from ._monitor import Monitor
 from ._redact import describe
 from ._replay import may_replay
 from ._states import State
+from ._transaction import Transaction
 from .backends.base import Connection, ErrorKind
 from .errors import DatabaseUnavailable, OutcomeUnknown
 from .events import OperationReplayed
 from .health import HealthReport
 from .health import check as check_health
+
+T = TypeVar("T")
 
 __all__ = ["Database"]
 
@@ -111,17 +115,7 @@ class Database:
         Nothing done on it is replayed; a connection error raised inside the block is
         reported to the supervisor (which reconnects) and re-raised unchanged.
         """
-        deadline = _deadline(timeout)
-        while True:
-            await self._gate.wait(self._gate_deadline(deadline))
-            generation = self._monitor.generation
-            try:
-                cm = self._backend.acquire(self._bound(self._options.acquire_timeout, deadline))
-                conn = await cm.__aenter__()
-            except Exception as exc:
-                await self._acquire_failed(exc, generation, deadline, "acquire")
-                continue
-            break
+        cm, conn, generation = await self._checkout(timeout)
         try:
             yield self._backend.raw(conn)
         except BaseException as exc:
@@ -135,7 +129,78 @@ class Database:
         else:
             await asyncio.shield(cm.__aexit__(None, None, None))
 
+    def transaction(
+        self,
+        *,
+        isolation: str | None = None,
+        readonly: bool = False,
+        timeout: float | None = None,
+    ) -> AbstractAsyncContextManager[Transaction]:
+        """``async with db.transaction() as tx:`` runs ``tx.fetch`` / ``execute`` / ... on one
+        connection, committed when the block ends, rolled back if it raises.
+
+        Nothing inside is replayed: a lost connection raises ``TransactionLost`` (the server
+        rolled back), a connection lost during COMMIT raises ``OutcomeUnknown``.
+        ``isolation`` is ``"read_committed"``, ``"repeatable_read"``, ``"serializable"`` or
+        ``"read_uncommitted"`` where the backend has them; ``readonly`` opens a read-only
+        transaction; ``timeout`` bounds getting a connection. ``tx.transaction()`` nests a
+        savepoint.
+        """
+        return _tx.transaction(self, isolation=isolation, readonly=readonly, timeout=timeout)
+
+    async def run_in_transaction(
+        self,
+        fn: Callable[..., Awaitable[T]],
+        *args: Any,
+        retries: int = 3,
+        idempotent: bool = False,
+        timeout: float | None = None,
+        isolation: str | None = None,
+        readonly: bool = False,
+    ) -> T:
+        """``await fn(tx, *args)`` in a transaction, re-run whole when that is safe.
+
+        Re-run, with backoff, up to ``retries`` times: when the connection was lost before
+        COMMIT was sent, and on serialization failures and deadlocks. A connection lost during
+        COMMIT raises ``OutcomeUnknown`` unless ``idempotent=True``. When retries run out the
+        last error is raised. ``fn`` may run more than once: keep side effects outside the
+        database (emails, queues) out of it.
+        """
+        return await _tx.run_in_transaction(
+            self,
+            fn,
+            args,
+            retries=retries,
+            idempotent=idempotent,
+            timeout=timeout,
+            isolation=isolation,
+            readonly=readonly,
+        )
+
     # -- the engine ---------------------------------------------------------------------------
+
+    async def _checkout(
+        self, timeout: float | None
+    ) -> tuple[AbstractAsyncContextManager[Connection], Connection, int]:
+        """A connection through the gate; acquisition (nothing sent yet) is retried."""
+        deadline = _deadline(timeout)
+        attempts = 0
+        while True:
+            await self._gate.wait(self._gate_deadline(deadline))
+            generation = self._monitor.generation
+            cm = self._backend.acquire(self._bound(self._options.acquire_timeout, deadline))
+            try:
+                conn = await cm.__aenter__()
+            except Exception as exc:
+                await self._acquire_failed(exc, generation, deadline, "acquire")
+                attempts += 1
+                if attempts > self._options.max_replays:
+                    raise DatabaseUnavailable(
+                        f"backend {self.name!r}: no connection after {attempts} attempts: "
+                        f"{describe(exc)}"
+                    ) from exc
+                continue
+            return cm, conn, generation
 
     async def _run(
         self,

@@ -62,6 +62,12 @@ def test_query_errors_surface(code: str) -> None:
         (pgexc.InterfaceError("cannot perform operation: connection is closed"), C),
         (pgexc.InterfaceError("connection is closed"), C),
         (pgexc.InterfaceError("pool is closing"), C),
+        (
+            pgexc.InterfaceError(
+                "cannot call Connection.execute(): connection has been released back to the pool"
+            ),
+            C,
+        ),
         (pgexc.InterfaceError("cannot perform operation: another operation is in progress"), Q),
         (pgexc.ClientConfigurationError("invalid sslmode"), P),
         (ValueError("not a driver error"), Q),

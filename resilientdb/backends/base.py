@@ -103,6 +103,11 @@ class Backend(Protocol):
         """Close the pool and every connection, bounded in time; idempotent."""
         ...
 
+    def begin_statements(self, isolation: str | None, readonly: bool) -> tuple[str, ...]:
+        """The SQL that opens a transaction. ``isolation`` is normalised (``"SERIALIZABLE"``,
+        ``"REPEATABLE READ"``, ``"READ COMMITTED"``, ``"READ UNCOMMITTED"``) or None."""
+        ...
+
     def set_connect_gate(self, may_connect: Callable[[], bool]) -> None:
         """Install the check the pool must pass before opening any new connection.
 

@@ -46,7 +46,14 @@ SQLSTATE_CLASS_KINDS: Mapping[str, ErrorKind] = {
 }
 
 # InterfaceError texts that asyncpg raises from its pre-write state checks: nothing was sent.
-_UNSENT_MESSAGES = ("connection is closed", "pool is closing", "pool is closed")
+# "released back to the pool": asyncpg hands a pooled connection back by itself when the
+# connection dies, so the next call on the proxy fails this way before writing anything.
+_UNSENT_MESSAGES = (
+    "connection is closed",
+    "pool is closing",
+    "pool is closed",
+    "released back to the pool",
+)
 
 
 def classify_error(exc: BaseException) -> ErrorKind:
@@ -100,6 +107,14 @@ class PostgresBackend:
         hook = self.options.on_connect
         if hook is not None:
             await hook(conn)
+
+    def begin_statements(self, isolation: str | None, readonly: bool) -> tuple[str, ...]:
+        sql = "BEGIN"
+        if isolation is not None:
+            sql += f" ISOLATION LEVEL {isolation}"
+        if readonly:
+            sql += " READ ONLY"
+        return (sql,)
 
     def set_connect_gate(self, may_connect: Callable[[], bool]) -> None:
         self._may_connect = may_connect

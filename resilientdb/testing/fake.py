@@ -164,6 +164,9 @@ class FakeBackend:
         self.closed = True
         self._opened = False
 
+    def begin_statements(self, isolation: str | None, readonly: bool) -> tuple[str, ...]:
+        return ("BEGIN",)
+
     def set_connect_gate(self, may_connect: Callable[[], bool]) -> None:
         self.may_connect = may_connect
 
