@@ -198,7 +198,8 @@ class Options:
     """
 
     min_size: int = 1
-    """Connections the pool keeps open."""
+    """Connections opened at start; the floor the memory watchdog trims down to. Idle
+    connections past ``max_idle`` may close below it and reopen on demand."""
     max_size: int = 10
     """Connections the pool opens at most."""
     connect_timeout: float = 5.0

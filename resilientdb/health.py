@@ -241,7 +241,7 @@ async def check_backend(monitor: Monitor, timeout: float | None = None) -> Backe
     if state is not State.CONNECTED:
         why = {
             State.CONNECTING: "connecting for the first time",
-            State.RECONNECTING: f"reconnecting (attempt {monitor.attempts})",
+            State.RECONNECTING: f"reconnecting ({monitor.attempts} attempts failed so far)",
             State.FAILED: "failed; probing slowly",
             State.CLOSED: "closed",
         }[state]

@@ -123,8 +123,8 @@ def read_memory() -> tuple[int, int]:
 class MemoryWatchdog:
     """Samples memory, and past ``threshold`` collects garbage, trims pools, emits an event.
 
-    ``monitors`` are the backends whose idle connections may be trimmed; ``collect`` is
-    ``gc.collect`` (replaceable in tests). ``check()`` takes one sample and acts on it.
+    ``monitors`` are the backends whose idle connections may be trimmed; ``collect``
+    replaces ``gc.collect`` (tests). ``check()`` takes one sample and acts on it.
     """
 
     def __init__(
@@ -136,7 +136,7 @@ class MemoryWatchdog:
         interval: float = 10.0,
         actions: Collection[str] = frozenset({"gc", "trim"}),
         reader: MemoryReader | None = None,
-        collect: Callable[[], object] = gc.collect,
+        collect: Callable[[], object] | None = None,
     ) -> None:
         self.monitors = list(monitors)
         self.bus = bus
@@ -145,6 +145,7 @@ class MemoryWatchdog:
         self.actions = frozenset(actions)
         self.reader: MemoryReader = reader or read_memory
         self.collect = collect
+        self.collections = 0
         self.samples = 0
         self.pressured = 0  # samples above the threshold
         self.last: tuple[int, int] | None = None
@@ -189,7 +190,8 @@ class MemoryWatchdog:
             return None
         self.pressured += 1
         if "gc" in self.actions:
-            self.collect()
+            (self.collect or gc.collect)()
+            self.collections += 1
         trimmed = await self._trim() if "trim" in self.actions else 0
         now = time.monotonic()
         if self._above and now - self._last_event < REPEAT_EVENT:

@@ -206,7 +206,9 @@ class Ledger:
         journal = Counter(
             r[0] for r in await db.fetch("SELECT op_id FROM journal", idempotent=True)
         )
-        singles = Counter(r[0] for r in await db.fetch("SELECT op_id FROM singles", idempotent=True))
+        singles = Counter(
+            r[0] for r in await db.fetch("SELECT op_id FROM singles", idempotent=True)
+        )
         kind_counts: dict[str, dict[str, int]] = {}
         lost: list[str] = []
         duplicated: list[str] = []

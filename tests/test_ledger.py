@@ -32,8 +32,7 @@ def postgres_faults(pg: PostgresServer, proxy: FaultProxy) -> list[Fault]:
     async def terminate() -> int:
         out = await asyncio.to_thread(
             pg.admin_query,
-            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-            "WHERE usename = 'app'",
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE usename = 'app'",
         )
         return int(out)
 

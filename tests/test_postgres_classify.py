@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 from asyncpg import exceptions as pgexc
 
@@ -57,7 +55,7 @@ def test_query_errors_surface(code: str) -> None:
         (ConnectionResetError(104, "reset"), C),
         (OSError(113, "no route to host"), C),
         (TimeoutError(), C),
-        (asyncio.TimeoutError(), C),
+        (TimeoutError(), C),
         (pgexc.ConnectionDoesNotExistError("connection was closed in the middle of operation"), C),
         (pgexc.InterfaceError("cannot perform operation: connection is closed"), C),
         (pgexc.InterfaceError("connection is closed"), C),

@@ -121,7 +121,9 @@ async def test_read_replayed_after_connection_lost_once_reconnected() -> None:
         ("INSERT INTO t VALUES (1)", False, False, True),
     ],
 )
-async def test_replay_rules(query: str, idempotent: bool | None, sent: bool, replayed: bool) -> None:
+async def test_replay_rules(
+    query: str, idempotent: bool | None, sent: bool, replayed: bool
+) -> None:
     sup, backend = make()
     async with sup:
         exc = FakeConnectionLost("lost") if sent else FakeNotSent("connection is closed")

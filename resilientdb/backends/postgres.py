@@ -135,7 +135,9 @@ class PostgresBackend:
         opts = self.options
         pool = asyncpg.create_pool(
             self.dsn.raw,
-            min_size=opts.min_size,
+            # asyncpg's own floor maintenance would retry connecting in the background during
+            # an outage (and log a traceback each time); the floor is opened here instead.
+            min_size=0,
             max_size=opts.max_size,
             max_inactive_connection_lifetime=opts.max_idle or 0.0,
             timeout=opts.connect_timeout,
@@ -148,9 +150,15 @@ class PostgresBackend:
             **dict(opts.connect_kwargs),
         )
         # min_size connections open concurrently, each bounded by `timeout`; the outer bound
-        # covers on_connect hooks too. A failed init terminates what it opened.
+        # covers on_connect hooks too. A failed open terminates what it opened.
         async with asyncio.timeout(opts.connect_timeout * 2):
-            self._pool = await pool
+            ready = await pool
+            try:
+                await _warm_up(ready, max(opts.min_size, 1))
+            except BaseException:
+                ready.terminate()
+                raise
+        self._pool = ready
 
     async def probe(self) -> None:
         opts = self.options
@@ -192,7 +200,7 @@ class PostgresBackend:
     def discard(self, conn: Connection) -> None:
         # terminate() closes the socket now; the pool replaces the connection when released.
         with contextlib.suppress(Exception):
-            cast(asyncpg.Connection[asyncpg.Record], conn).terminate()
+            cast("asyncpg.Connection[asyncpg.Record]", conn).terminate()
 
     def classify(self, exc: BaseException, conn: Connection | None = None) -> ErrorKind:
         kind = classify_error(exc)
@@ -229,7 +237,7 @@ class PostgresBackend:
         before = pool.get_size()
         with contextlib.suppress(Exception):
             for holder in list(cast(Any, pool)._holders):
-                if pool.get_size() <= pool.get_min_size():
+                if pool.get_size() <= self.options.min_size:
                     break
                 if holder.is_connected() and holder._in_use is None:
                     # Cancel the pending inactivity timer first, or it would fire later on a
@@ -265,6 +273,17 @@ class _TimedAcquire:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self._pool.release(self._conn)
+
+
+async def _warm_up(pool: asyncpg.Pool[asyncpg.Record], count: int) -> None:
+    """Open ``count`` connections (at least one: that is what proves the server answers)."""
+    conns = await asyncio.gather(*(pool.acquire() for _ in range(count)), return_exceptions=True)
+    for conn in conns:
+        if not isinstance(conn, BaseException):
+            await pool.release(conn)
+    for conn in conns:
+        if isinstance(conn, BaseException):
+            raise conn
 
 
 async def _close_connection(conn: asyncpg.Connection[asyncpg.Record]) -> None:
