@@ -24,7 +24,16 @@ __all__ = ["Gate"]
 class Gate:
     """State plus waiters for one backend. Loop-free until a caller waits."""
 
-    __slots__ = ("_waiters", "backend", "closed_reason", "last_error", "max_waiters", "state")
+    __slots__ = (
+        "_waiters",
+        "backend",
+        "closed_reason",
+        "last_error",
+        "max_waiters",
+        "state",
+        "wait_count",
+        "wait_seconds",
+    )
 
     def __init__(self, backend: str, max_waiters: int) -> None:
         self.backend = backend
@@ -37,6 +46,8 @@ class Gate:
         )
         self.last_error: BaseException | None = None
         self._waiters: set[asyncio.Future[None]] = set()
+        self.wait_seconds = 0.0  # total time callers spent waiting here (metrics)
+        self.wait_count = 0
 
     @property
     def waiting(self) -> int:
@@ -55,6 +66,14 @@ class Gate:
         ``deadline`` is in ``loop.time()`` seconds; ``None`` waits without bound.
         """
         loop = asyncio.get_running_loop()
+        started = loop.time()
+        try:
+            await self._wait(loop, deadline)
+        finally:
+            self.wait_count += 1
+            self.wait_seconds += loop.time() - started
+
+    async def _wait(self, loop: asyncio.AbstractEventLoop, deadline: float | None) -> None:
         while True:
             state = self.state
             if state is State.CONNECTED:

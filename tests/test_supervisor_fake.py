@@ -90,9 +90,12 @@ async def test_starting_while_down_waits_at_the_gate_then_succeeds() -> None:
         assert sup.state is State.RECONNECTING
         call = asyncio.create_task(sup.db.fetchval("SELECT 1"))
         await until(lambda: sup.db._gate.waiting == 1)
+        await asyncio.sleep(0.05)
         backend.up = True
         assert await call == 1
         assert sup.state is State.CONNECTED
+        waited = sup.stats()["default"]["db.client.connection.wait_time"]
+        assert waited["count"] == 1 and waited["sum"] >= 0.04
 
 
 async def test_read_replayed_after_connection_lost_once_reconnected() -> None:
@@ -333,7 +336,7 @@ async def test_statement_timeout_is_suspect_not_an_outage() -> None:
 
 
 async def test_event_handlers_sync_async_and_failing_are_isolated() -> None:
-    sup, backend = make()
+    sup, _backend = make()
     got: list[str] = []
 
     def broken(e: events.Event) -> None:
