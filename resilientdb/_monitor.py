@@ -232,7 +232,8 @@ class Monitor:
         while self.state is not State.CLOSED:
             try:
                 if self.state is State.CONNECTED:
-                    await self._wakeup.wait()
+                    if not await self._sleep_connected():
+                        await self._maintain()
                     self._wakeup.clear()
                     if self._suspect and self.state is State.CONNECTED:
                         self._suspect = False
@@ -293,6 +294,31 @@ class Monitor:
         finally:
             if self._first_attempt is not None:
                 self._first_attempt.set()
+
+    async def _sleep_connected(self) -> bool:
+        """Wait for a report; False when the maintenance interval passed first."""
+        assert self._wakeup is not None
+        interval = self.options.keepalive_interval
+        if interval is None and self.options.max_lifetime is not None:
+            interval = self.options.max_lifetime / 10
+        if interval is None or getattr(self.backend, "maintain", None) is None:
+            await self._wakeup.wait()
+            return True
+        try:
+            async with asyncio.timeout(interval):
+                await self._wakeup.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    async def _maintain(self) -> None:
+        generation = self.generation
+        dead: int = await self.backend.maintain()  # type: ignore[attr-defined]
+        if dead:
+            # A connection died while idle: check the server now, not at the next call.
+            self.report_suspect(
+                generation, ConnectionError("an idle connection was dead"), "keepalive"
+            )
 
     async def _check(self) -> None:
         generation = self.generation

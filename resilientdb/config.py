@@ -224,6 +224,20 @@ class Options:
     """While FAILED, the supervisor probes this often so that the service heals itself."""
     max_idle: float | None = 300.0
     """Idle connections older than this are closed (``None``: never)."""
+    max_lifetime: float | None = 3600.0
+    """Idle connections older than this are replaced (never one in use); each connection's
+    lifetime is shortened by up to ``lifetime_jitter`` so a fleet does not recycle at once."""
+    lifetime_jitter: float = 0.2
+    """Fraction of ``max_lifetime`` taken off at random, per connection."""
+    keepalive_interval: float | None = 30.0
+    """How often idle connections are pinged, so that one killed or cut off while idle is
+    replaced before a call meets it (``None``: never)."""
+    tcp_keepalive: bool = True
+    """Set SO_KEEPALIVE and TCP_USER_TIMEOUT on the driver's TCP sockets where the platform
+    allows, so the kernel detects a silently vanished peer."""
+    tcp_user_timeout: float = 30.0
+    """Seconds of unacknowledged data (and the keepalive probing budget) before the kernel
+    drops a connection to a vanished peer."""
     on_connect: ConnectHook | None = None
     """``async def hook(raw_connection)`` run on every new connection (SET search_path...)."""
     connect_kwargs: Mapping[str, Any] = field(default_factory=dict)
@@ -271,6 +285,18 @@ class Options:
 
     def _check_operations(self) -> None:
         _check_seconds("health_timeout", self.health_timeout)
+        _check_seconds("tcp_user_timeout", self.tcp_user_timeout)
+        for name in ("max_lifetime", "keepalive_interval"):
+            value = getattr(self, name)
+            if value is not None:
+                _check_seconds(name, value)
+        jitter = self.lifetime_jitter
+        if isinstance(jitter, bool) or not isinstance(jitter, int | float) or not 0 <= jitter < 1:
+            raise ConfigurationError(f"lifetime_jitter must be in [0, 1), not {jitter!r}")
+        if not isinstance(self.tcp_keepalive, bool):
+            raise ConfigurationError(
+                f"tcp_keepalive must be True or False, not {self.tcp_keepalive!r}"
+            )
         _check_seconds("memory_interval", self.memory_interval)
         if not isinstance(self.memory_watchdog, bool):
             raise ConfigurationError(

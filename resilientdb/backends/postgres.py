@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
+import time
 from collections.abc import Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from typing import Any, cast
@@ -19,6 +21,7 @@ from asyncpg import exceptions as pgexc
 from .._redact import register_secret
 from .._wheel import TimeoutWheel
 from ..config import DSN, Options
+from ._sockets import tune_transport
 from .base import Connection, ConnectPaused, ErrorKind, PoolStats
 
 __all__ = ["SQLSTATE_KINDS", "PostgresBackend", "classify_error"]
@@ -94,6 +97,7 @@ class PostgresBackend:
         self._pool: asyncpg.Pool[asyncpg.Record] | None = None
         self._may_connect: Callable[[], bool] = lambda: True
         self._wheel = TimeoutWheel()
+        self._expires: dict[int, float] = {}  # server pid -> when the connection retires
         register_secret(dsn.password)
         register_secret(dsn.options.get("password"))
         pw = options.connect_kwargs.get("password")
@@ -124,7 +128,18 @@ class PostgresBackend:
         # left alone, every caller queued in acquire() would knock on a dead server in turn.
         if not self._may_connect():
             raise ConnectPaused("the supervisor is reconnecting; the pool does not connect now")
-        return await asyncpg.connect(*args, **kwargs)
+        conn = await asyncpg.connect(*args, **kwargs)
+        opts = self.options
+        if opts.tcp_keepalive:
+            tune_transport(getattr(conn, "_transport", None), opts.tcp_user_timeout)
+        if opts.max_lifetime is not None:
+            # Each connection gets its own jittered end of life, so a fleet started together
+            # does not reconnect together.
+            life = opts.max_lifetime * (1.0 - random.uniform(0.0, opts.lifetime_jitter))
+            pid = conn.get_server_pid()
+            self._expires[pid] = time.monotonic() + life
+            conn.add_termination_listener(lambda _c: self._expires.pop(pid, None))
+        return conn
 
     async def _reset_connection(self, conn: asyncpg.Connection[asyncpg.Record]) -> None:
         # asyncpg's release runs RESET ALL, which would undo what on_connect set (search_path,
@@ -245,6 +260,46 @@ class PostgresBackend:
                     holder._maybe_cancel_inactive_callback()
                     holder._deactivate_inactive_connection()
         return max(before - pool.get_size(), 0)
+
+    async def maintain(self) -> int:
+        """Keepalive and lifetime, on idle connections only; returns how many were dead.
+
+        Every idle connection is taken out of the pool at once (so it is ours alone), retired
+        if past its lifetime, else pinged; then the pool is topped up to ``min_size``.
+        """
+        pool, opts = self._pool, self.options
+        if pool is None or not self._may_connect():
+            return 0
+        grabbed: list[Any] = []
+        dead = 0
+        try:
+            for _ in range(pool.get_idle_size()):
+                try:
+                    async with asyncio.timeout(0.05):
+                        grabbed.append(await pool.acquire())
+                except TimeoutError:
+                    break
+            now = time.monotonic()
+            for conn in grabbed:
+                if self._expires.get(conn.get_server_pid(), now + 1) <= now:
+                    self.discard(conn)  # retired: the pool opens a fresh one when needed
+                    continue
+                try:
+                    await conn.fetchval("SELECT 1", timeout=min(opts.connect_timeout, 5.0))
+                except Exception:
+                    self.discard(conn)
+                    dead += 1
+        finally:
+            for conn in grabbed:
+                with contextlib.suppress(Exception):
+                    await pool.release(conn)
+        if not dead and pool.get_size() < opts.min_size:
+            try:
+                async with asyncio.timeout(opts.connect_timeout):
+                    await _warm_up(pool, opts.min_size)
+            except Exception:
+                dead += 1
+        return dead
 
     def stats(self) -> PoolStats:
         pool, opts = self._pool, self.options
