@@ -188,8 +188,8 @@ class Database:
         while True:
             await self._gate.wait(self._gate_deadline(deadline))
             generation = self._monitor.generation
-            cm = self._backend.acquire(self._bound(self._options.acquire_timeout, deadline))
             try:
+                cm = self._backend.acquire(self._bound(self._options.acquire_timeout, deadline))
                 conn = await cm.__aenter__()
             except Exception as exc:
                 await self._acquire_failed(exc, generation, deadline, "acquire")
@@ -228,8 +228,8 @@ class Database:
                 acquire_timeout = self._bound(opts.acquire_timeout, deadline)
                 command_timeout = self._bound(opts.command_timeout, deadline)
             kind: ErrorKind | None = None
-            cm = self._backend.acquire(acquire_timeout)
             try:
+                cm = self._backend.acquire(acquire_timeout)
                 conn = await cm.__aenter__()
             except Exception as exc:
                 await self._acquire_failed(exc, generation, deadline, op)

@@ -20,11 +20,12 @@ import logging
 import random
 import time
 from collections.abc import Awaitable
+from typing import cast
 
 from ._gate import Gate
 from ._redact import describe
 from ._states import Action, Signal, State, transition
-from .backends.base import Backend, ErrorKind
+from .backends.base import Backend, ErrorKind, Maintains
 from .config import Options
 from .events import (
     Connected,
@@ -313,7 +314,8 @@ class Monitor:
 
     async def _maintain(self) -> None:
         generation = self.generation
-        dead: int = await self.backend.maintain()  # type: ignore[attr-defined]
+        backend = cast(Maintains, self.backend)
+        dead = await backend.maintain()
         if dead:
             # A connection died while idle: check the server now, not at the next call.
             self.report_suspect(

@@ -15,7 +15,15 @@ from typing import Any, Protocol
 
 from ..config import DSN, Options
 
-__all__ = ["Backend", "ConnectPaused", "Connection", "ErrorKind", "PoolStats", "TrimsIdle"]
+__all__ = [
+    "Backend",
+    "ConnectPaused",
+    "Connection",
+    "ErrorKind",
+    "Maintains",
+    "PoolStats",
+    "TrimsIdle",
+]
 
 
 class ConnectPaused(ConnectionError):
@@ -155,4 +163,14 @@ class TrimsIdle(Protocol):
 
         Connections in use are never touched.
         """
+        ...
+
+
+class Maintains(Protocol):
+    """Optional adapter capability: the background keepalive and lifetime pass, run by the
+    supervisor every ``keepalive_interval`` while connected (called through ``getattr``)."""
+
+    async def maintain(self) -> int:
+        """Ping idle connections, retire expired ones, top up to ``min_size``; return how
+        many idle connections were found dead (the supervisor then checks the server)."""
         ...

@@ -13,7 +13,7 @@ import random
 import time
 from collections.abc import Callable, Mapping
 from contextlib import AbstractAsyncContextManager
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import asyncpg
 from asyncpg import exceptions as pgexc
@@ -22,7 +22,7 @@ from .._redact import register_secret
 from .._wheel import TimeoutWheel
 from ..config import DSN, Options
 from ._sockets import tune_transport
-from .base import Connection, ConnectPaused, ErrorKind, PoolStats
+from .base import Backend, Connection, ConnectPaused, ErrorKind, Maintains, PoolStats, TrimsIdle
 
 __all__ = ["SQLSTATE_KINDS", "PostgresBackend", "classify_error"]
 
@@ -347,3 +347,9 @@ async def _close_connection(conn: asyncpg.Connection[asyncpg.Record]) -> None:
     except (Exception, asyncio.CancelledError):
         conn.terminate()
         raise
+
+
+if TYPE_CHECKING:  # mypy checks the adapter against the protocols it implements
+
+    def _conforms(backend: PostgresBackend) -> tuple[Backend, Maintains, TrimsIdle]:
+        return backend, backend, backend
