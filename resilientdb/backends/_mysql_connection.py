@@ -1,0 +1,209 @@
+"""The MySQL adapter's connections: opening one, and the wrapper that gives it asyncpg's API.
+
+Split from ``mysql.py`` (the error table and the backend) and ``_mysql_pool.py`` (the pool)
+to keep modules small; the design and aiomysql's traps are described in ``mysql.py``'s
+docstring. Everything here is about one connection; nothing here knows about the pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import math
+import random
+import ssl
+import struct
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import aiomysql
+from aiomysql.cursors import Cursor
+from pymysql import err as myerr
+
+from .._row import Row, make_rows
+from ..config import DSN, Options
+from ..errors import ConfigurationError
+from ._sockets import tune_transport
+
+__all__ = ["DEFAULT_PORT", "MySQLConnection", "alive", "connect", "driver_kwargs", "quit_raw"]
+
+DEFAULT_PORT = 3306
+_COM_QUIT = struct.pack("<i", 1) + b"\x01"  # length 1, sequence 0, COM_QUIT
+
+
+def alive(raw: Any) -> bool:
+    """No round trip: False once the server hung up (EOF, reset) or the driver closed it."""
+    writer, reader = raw._writer, raw._reader
+    if writer is None or reader is None or writer.transport.is_closing():
+        return False
+    return not (getattr(reader, "eof_received", False) or reader.exception() is not None)
+
+
+def quit_raw(raw: Any) -> None:
+    """Close without awaiting: COM_QUIT (so the server logs no aborted client) when alive."""
+    with contextlib.suppress(Exception):
+        if alive(raw):
+            raw._writer.write(_COM_QUIT)  # transport.close() flushes it first
+    raw.close()
+
+
+class _Cursor(Cursor):  # type: ignore[misc]
+    async def _show_warnings(self, conn: Any) -> None:
+        """No SHOW WARNINGS round trip after the statement (see ``mysql.py``'s docstring)."""
+
+
+class MySQLConnection:
+    """An aiomysql connection with asyncpg's call API (``backends.base.Connection``).
+
+    ``raw`` is the aiomysql connection. Every call takes ``timeout=`` (seconds; ``None``:
+    the backend's ``command_timeout``); a call that times out or is cancelled closes the
+    connection.
+    """
+
+    __slots__ = ("default_timeout", "expires", "generation", "idle_since", "raw")
+
+    def __init__(
+        self, raw: Any, generation: int, expires: float, default_timeout: float | None
+    ) -> None:
+        self.raw = raw
+        self.generation = generation
+        self.expires = expires  # monotonic time past which it is retired once idle
+        self.default_timeout = default_timeout
+        self.idle_since = 0.0
+
+    def is_closed(self) -> bool:
+        """True once the connection is closed or the server has hung up."""
+        return not alive(self.raw)
+
+    async def fetch(self, query: str, *args: Any, timeout: float | None = None) -> list[Row]:
+        """Every row of the (first) result set."""
+        columns, rows, _ = await self._call(query, args, timeout, None)
+        return make_rows(columns, rows)
+
+    async def fetchrow(self, query: str, *args: Any, timeout: float | None = None) -> Row | None:
+        """The first row, or ``None``."""
+        columns, rows, _ = await self._call(query, args, timeout, None)
+        return make_rows(columns, rows[:1])[0] if rows else None
+
+    async def fetchval(
+        self, query: str, *args: Any, column: int = 0, timeout: float | None = None
+    ) -> Any:
+        """One value of the first row (``column`` picks which), or ``None`` without rows."""
+        _, rows, _ = await self._call(query, args, timeout, None)
+        return rows[0][column] if rows else None
+
+    async def execute(self, query: str, *args: Any, timeout: float | None = None) -> int:
+        """Run a statement; returns the affected row count (rows found, for a SELECT)."""
+        return (await self._call(query, args, timeout, None))[2]
+
+    async def executemany(
+        self, command: str, args: Sequence[Sequence[Any]], *, timeout: float | None = None
+    ) -> int:
+        """Run ``command`` per argument tuple (PyMySQL batches ``INSERT ... VALUES``)."""
+        return (await self._call(command, (), timeout, [tuple(a) for a in args]))[2]
+
+    async def _call(
+        self,
+        query: str,
+        args: tuple[Any, ...],
+        timeout: float | None,
+        many: list[tuple[Any, ...]] | None,
+    ) -> tuple[list[str], Sequence[Sequence[Any]], int]:
+        raw = self.raw
+        if timeout is None:
+            timeout = self.default_timeout
+        if not alive(raw):
+            # The server hung up while this connection sat idle: say so before writing.
+            raw.close()
+            raise myerr.InterfaceError(0, "Not connected (the server closed the connection)")
+        cur = _Cursor(raw, False)
+        # Formatting errors (wrong argument count) surface here, before anything is written.
+        if args:
+            query = cur.mogrify(query, args)
+        elif many:
+            cur.mogrify(query, many[0])
+        async with asyncio.timeout(timeout):
+            try:
+                if many is None:
+                    count = await cur.execute(query)
+                else:
+                    count = await cur.executemany(query, many)
+                description = cur.description
+                rows = await cur.fetchall()
+                while await cur.nextset():
+                    pass  # later result sets (multi-statements): their errors are ours
+            except BaseException as exc:
+                if not isinstance(exc, myerr.MySQLError):
+                    # Cancelled, timed out, or failed mid-protocol: unread bytes may follow,
+                    # so the connection cannot be reused. (A server error leaves it in step.)
+                    raw.close()
+                raise
+        columns = [d[0] for d in description] if description else []
+        return columns, rows, count or 0
+
+
+async def connect(
+    kwargs: dict[str, Any], opts: Options, generation: int, *, hook: bool = True
+) -> MySQLConnection:
+    """Open one connection, the whole handshake (and ``on_connect``) bounded in time."""
+    raw = aiomysql.Connection(**kwargs)
+    try:
+        async with asyncio.timeout(opts.connect_timeout):
+            await raw._connect()  # TCP, greeting, authentication, SET autocommit
+        if opts.tcp_keepalive:
+            tune_transport(raw._writer.transport, opts.tcp_user_timeout)
+        if hook and opts.on_connect is not None:
+            async with asyncio.timeout(opts.connect_timeout):
+                await opts.on_connect(raw)
+    except BaseException:
+        raw.close()  # aiomysql leaves the socket open when its connect is cancelled
+        raise
+    expires = math.inf
+    if opts.max_lifetime is not None:
+        # Each connection gets its own jittered end of life, so that a fleet started
+        # together does not reconnect together.
+        life = opts.max_lifetime * (1.0 - random.uniform(0.0, opts.lifetime_jitter))
+        expires = time.monotonic() + life
+    return MySQLConnection(raw, generation, expires, opts.command_timeout)
+
+
+_SSL_ON = frozenset({"true", "1", "yes", "on", "require", "required"})
+_SSL_OFF = frozenset({"false", "0", "no", "off", "disable", "disabled"})
+
+
+def driver_kwargs(dsn: DSN, options: Options) -> dict[str, Any]:
+    """aiomysql's connect arguments from the DSN, then ``connect_kwargs``; validated now."""
+    query = dict(dsn.options)
+    kwargs: dict[str, Any] = {
+        "host": dsn.host or "localhost",
+        "port": dsn.port or DEFAULT_PORT,
+        "user": dsn.user,
+        "password": dsn.password or "",
+        "db": dsn.database,
+        "connect_timeout": options.connect_timeout,  # the TCP part; the whole is bounded too
+    }
+    for key in ("unix_socket", "charset", "init_command", "program_name"):
+        if key in query:
+            kwargs[key] = query[key]
+    if "ssl" in query:
+        value = query["ssl"].lower()
+        if value not in _SSL_ON | _SSL_OFF:
+            raise ConfigurationError(
+                f"DSN {dsn}: ssl={query['ssl']!r} must be true or false "
+                f"(pass an SSLContext as connect_kwargs={{'ssl': ...}} for more)"
+            )
+        kwargs["ssl"] = ssl.create_default_context() if value in _SSL_ON else None
+    kwargs.update(options.connect_kwargs)
+    if kwargs.get("autocommit", True) is not True:
+        raise ConfigurationError(
+            "the MySQL adapter runs single statements in autocommit mode; "
+            "use db.transaction() for transactions, not autocommit=False"
+        )
+    kwargs["autocommit"] = True
+    try:
+        inspect.signature(aiomysql.Connection).bind(**kwargs)
+    except TypeError as exc:
+        raise ConfigurationError(f"connect_kwargs for aiomysql: {exc}") from None
+    return kwargs

@@ -1,0 +1,481 @@
+"""Fault scenarios against a real, throwaway MariaDB server (the MySQL half of issue 3)."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiomysql
+import pytest
+from pymysql import err as myerr
+
+from resilientdb import (
+    Backoff,
+    DatabaseUnavailable,
+    OutcomeUnknown,
+    State,
+    Supervisor,
+    events,
+)
+from resilientdb.backends.mysql import MySQLBackend
+from resilientdb.config import parse_dsn, with_host
+from resilientdb.testing import FaultProxy
+from tests.servers import SECURE_PASSWORD, SECURE_USER, MariaDBServer
+
+APP_THREADS = "SELECT COUNT(*) FROM information_schema.processlist WHERE user = 'app'"
+SLOW_RUNNING = (
+    "SELECT COUNT(*) FROM information_schema.processlist "
+    "WHERE info LIKE 'SELECT @tag FROM (SELECT SLEEP%'"
+)
+
+
+@pytest.fixture
+async def proxy(mariadb: MariaDBServer) -> AsyncIterator[FaultProxy]:
+    async with FaultProxy(mariadb.host, mariadb.port) as p:
+        yield p
+
+
+def via(proxy: FaultProxy, dsn: str) -> str:
+    return with_host(parse_dsn(dsn), proxy.host, proxy.port)
+
+
+def pool(sup: Supervisor) -> MySQLBackend:
+    backend = sup.db._backend
+    assert isinstance(backend, MySQLBackend)
+    return backend
+
+
+class Recorder:
+    def __init__(self, sup: Supervisor) -> None:
+        self.events: list[events.Event] = []
+        sup.on(events.Event, self.events.append)
+
+    def of(self, kind: type[events.Event]) -> list[Any]:
+        return [e for e in self.events if isinstance(e, kind)]
+
+    def states(self) -> list[str]:
+        return [e.new.value for e in self.of(events.StateChanged)]
+
+
+async def until(predicate: Any, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.01)
+
+
+async def admin(server: MariaDBServer, sql: str, database: str | None = None) -> str:
+    return await asyncio.to_thread(server.admin_query, sql, database)
+
+
+async def test_rows_and_statuses(mariadb: MariaDBServer) -> None:
+    """The uniform API on MariaDB: Row shape, rowcounts, %s parameters, multi-statements."""
+    await admin(
+        mariadb, "DROP TABLE IF EXISTS shape; CREATE TABLE shape (id int, name text)", "app"
+    )
+    async with Supervisor(mariadb.dsn()) as sup:
+        db = sup.db
+        assert await db.executemany("INSERT INTO shape VALUES (%s, %s)", [(1, "a"), (2, "b")]) == 2
+        assert await db.execute("UPDATE shape SET name = %s WHERE id > %s", "z", 1) == 1
+        rows = await db.fetch("SELECT id, name FROM shape ORDER BY id")
+        assert [dict(r) for r in rows] == [{"id": 1, "name": "a"}, {"id": 2, "name": "z"}]
+        row = await db.fetchrow("SELECT id, name FROM shape WHERE id = %s", 2)
+        assert row is not None and (row[0], row["name"], len(row)) == (2, "z", 2)
+        assert await db.fetchrow("SELECT id FROM shape WHERE id = 99") is None
+        assert await db.fetchval("SELECT id, name FROM shape WHERE id = 1", column=1) == "a"
+        assert await db.fetchval("SELECT '100%'") == "100%"  # no formatting without arguments
+        assert await db.fetchval("SELECT 1/0") is None  # a warning, not an error
+        async with db.acquire() as raw:
+            assert isinstance(raw, aiomysql.Connection) and raw.get_autocommit()
+            sock = raw._writer.transport.get_extra_info("socket")
+            assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+            if hasattr(socket, "TCP_USER_TIMEOUT"):
+                assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) == 30_000
+
+
+async def test_pool_retires_generation_and_bounds_acquire(mariadb: MariaDBServer) -> None:
+    """refresh() retires live connections too (in use: on release); acquire is bounded."""
+    async with Supervisor(mariadb.dsn(), min_size=2, max_size=2) as sup:
+        backend = pool(sup)
+        async with sup.db.acquire() as held:
+            await backend.refresh()
+            assert backend.stats().idle == 0 and backend.stats().in_use == 1
+            assert await held.ping(reconnect=False) is None  # still usable until released
+        assert held.closed and backend.stats().size == 0
+        assert await sup.db.fetchval("SELECT 1") == 1
+        async with sup.db.acquire(), sup.db.acquire():
+            started = time.monotonic()
+            with pytest.raises(DatabaseUnavailable):
+                await sup.db.fetchval("SELECT 1", timeout=0.3)
+            assert time.monotonic() - started < 1.5
+        assert backend.stats().size == 2 and backend._pool._slots == 0
+        assert await sup.db.fetchval("SELECT 1") == 1
+
+
+async def test_command_timeout_bounds_calls_without_timeout(mariadb: MariaDBServer) -> None:
+    """A call with no timeout= is still bounded, by the backend's command_timeout."""
+    async with Supervisor(mariadb.dsn(), command_timeout=0.3) as sup:
+        started = time.monotonic()
+        with pytest.raises(OutcomeUnknown) as info:
+            await sup.db.execute("DO SLEEP(3)")
+        assert isinstance(info.value.__cause__, TimeoutError)
+        assert time.monotonic() - started < 2
+        assert await sup.db.fetchval("SELECT 1") == 1
+
+
+async def test_transactions(mariadb: MariaDBServer) -> None:
+    """db.transaction() on MariaDB: commit, rollback, read-only, isolation, pooled after."""
+    await _prepare_ledger(mariadb)
+    async with Supervisor(mariadb.dsn(), min_size=1, max_size=1) as sup:
+        db = sup.db
+        async with db.transaction() as tx:
+            await tx.execute("INSERT INTO ledger VALUES (%s)", "t-1")
+            assert await tx.fetchval("SELECT COUNT(*) FROM ledger") == 1
+        with pytest.raises(RuntimeError):
+            async with db.transaction() as tx:
+                await tx.execute("INSERT INTO ledger VALUES (%s)", "t-2")
+                raise RuntimeError("abandon")
+        with pytest.raises(myerr.OperationalError) as info:
+            async with db.transaction(readonly=True) as tx:
+                await tx.execute("INSERT INTO ledger VALUES (%s)", "t-3")
+        assert info.value.args[0] == 1792  # cannot write in a READ ONLY transaction
+        async with db.transaction(isolation="serializable") as tx:
+            assert await tx.fetchval("SELECT COUNT(*) FROM ledger") == 1
+        # SET TRANSACTION (no SESSION) applied to that transaction only.
+        assert await db.fetchval("SELECT @@tx_isolation") == "REPEATABLE-READ"
+        async with db.acquire() as raw:  # the escape hatch, left inside a transaction
+            await raw.begin()
+            async with raw.cursor() as cur:
+                await cur.execute("INSERT INTO ledger VALUES ('t-4')")
+        assert raw.closed  # not pooled: the server rolled the transaction back
+        async with db.acquire() as raw:
+            await raw.autocommit(False)
+        assert raw.closed  # a pooled statement would otherwise never commit
+        assert [r["id"] for r in await db.fetch("SELECT id FROM ledger")] == ["t-1"]
+        assert pool(sup).stats().size == 1  # one connection served all of it
+        assert (
+            await db.run_in_transaction(lambda tx: tx.fetchval("SELECT COUNT(*) FROM ledger")) == 1
+        )
+
+
+async def test_keepalive_trim_and_lifetime(mariadb: MariaDBServer, proxy: FaultProxy) -> None:
+    """maintain() finds idle connections killed or cut off; trim_idle; max_lifetime."""
+    sup = Supervisor(
+        via(proxy, mariadb.dsn()),
+        min_size=2,
+        max_size=3,
+        connect_timeout=0.3,
+        keepalive_interval=None,  # maintain() is called by the test, not the monitor
+        max_lifetime=None,
+    )
+    backend = pool(sup)
+    async with sup:
+        ids = (
+            await admin(mariadb, "SELECT id FROM information_schema.processlist WHERE user = 'app'")
+        ).split()
+        await admin(mariadb, f"KILL {ids[0]}")
+        await asyncio.sleep(0.2)
+        assert await backend.maintain() == 1 and backend.stats().size == 1
+        assert await backend.maintain() == 0 and backend.stats().size == 2  # topped up
+        async with sup.db.acquire(), sup.db.acquire(), sup.db.acquire():
+            pass
+        assert backend.stats().idle == 3
+        assert await backend.trim_idle() == 1 and backend.stats().size == 2
+        proxy.blackhole()  # a half-open socket: only a ping can tell
+        started = time.monotonic()
+        assert await backend.maintain() == 2
+        assert time.monotonic() - started < 2 and backend.stats().size == 0
+        proxy.pass_through()
+    sup = Supervisor(mariadb.dsn(), min_size=1, max_size=1, max_lifetime=0.3, lifetime_jitter=0)
+    async with sup:
+        first = await sup.db.fetchval("SELECT CONNECTION_ID()")
+        await asyncio.sleep(0.5)  # the monitor's maintenance retires it meanwhile
+        assert await sup.db.fetchval("SELECT CONNECTION_ID()") != first
+        assert pool(sup).stats().size == 1
+
+
+async def test_readers_ride_out_restart_and_reset(
+    mariadb: MariaDBServer, proxy: FaultProxy
+) -> None:
+    """50 readers loop through a server restart and a reset of every connection."""
+    hooks = 0
+
+    async def on_connect(raw: Any) -> None:
+        nonlocal hooks
+        hooks += 1
+        async with raw.cursor() as cur:
+            await cur.execute("SET @tag = 'hooked'")
+
+    sup = Supervisor(via(proxy, mariadb.dsn()), max_size=10, on_connect=on_connect)
+    rec = Recorder(sup)
+    errors: list[BaseException] = []
+    tags: set[Any] = set()
+    done = 0
+    stop = asyncio.Event()
+
+    async def reader() -> None:
+        nonlocal done
+        while not stop.is_set():
+            try:
+                tags.add(await sup.db.fetchval("SELECT @tag"))
+                done += 1
+            except Exception as exc:  # any error reaching a reader fails the test
+                errors.append(exc)
+            await asyncio.sleep(0.005)
+
+    async with sup:
+        readers = [asyncio.create_task(reader()) for _ in range(50)]
+        await until(lambda: done > 200)
+        old_pid, hooks_before = mariadb.pid, hooks
+        await asyncio.to_thread(mariadb.restart, "fast")
+        assert mariadb.pid != old_pid  # the server really restarted
+        mark = done
+        await until(lambda: done > mark + 200)
+        assert sup.db._monitor.reconnects >= 1
+        assert hooks > hooks_before  # on_connect ran on the new generation
+        # Readers between calls leave idle connections, which the pool replaces silently; a
+        # query in flight when every connection is reset must be seen failing and replayed.
+        slow = asyncio.create_task(sup.db.fetchval("SELECT @tag FROM (SELECT SLEEP(0.5)) x"))
+        deadline = time.monotonic() + 10
+        while await admin(mariadb, SLOW_RUNNING) != "1":
+            assert time.monotonic() < deadline, "the slow query never started"
+        resets = proxy.reset()
+        assert resets >= 1 and proxy.stats.resets >= resets
+        assert await slow == "hooked"
+        mark = done
+        await until(lambda: done > mark + 200)
+        stop.set()
+        await asyncio.gather(*readers)
+        assert sup.state is State.CONNECTED
+    assert errors == []
+    assert tags == {"hooked"}  # every connection ran on_connect before serving a call
+    states = rec.states()
+    assert states[:2] == ["connecting", "connected"]
+    assert states.count("reconnecting") >= 2 and states[-2:] == ["connected", "closed"]
+    assert len(rec.of(events.Reconnected)) >= 2
+    assert rec.of(events.OperationReplayed)  # readers in flight were replayed, not failed
+
+
+async def _prepare_ledger(server: MariaDBServer) -> None:
+    await admin(
+        server,
+        "DROP TABLE IF EXISTS ledger; CREATE TABLE ledger (id varchar(20) PRIMARY KEY)",
+        "app",
+    )
+
+
+async def test_killed_connection_during_insert_is_outcome_unknown(mariadb: MariaDBServer) -> None:
+    """KILL of the app's connection mid-INSERT: OutcomeUnknown, never replayed."""
+    await _prepare_ledger(mariadb)
+    async with Supervisor(mariadb.dsn(), max_size=2) as sup:
+        insert = asyncio.create_task(
+            sup.db.execute("INSERT INTO ledger SELECT %s FROM (SELECT SLEEP(0.5)) x", "op-1")
+        )
+        await asyncio.sleep(0.2)
+        ids = await admin(
+            mariadb,
+            "SELECT id FROM information_schema.processlist "
+            "WHERE user = 'app' AND info LIKE 'INSERT INTO ledger%'",
+        )
+        assert len(ids.split()) == 1, ids
+        await admin(mariadb, f"KILL {ids}")
+        with pytest.raises(OutcomeUnknown) as info:
+            await insert
+        cause = info.value.__cause__
+        assert isinstance(cause, myerr.OperationalError) and cause.args[0] in (2013, 1927)
+        assert sup.db._monitor.outcome_unknown == 1
+        assert await sup.db.fetchval("SELECT COUNT(*) FROM ledger WHERE id = 'op-1'") <= 1
+
+
+async def test_killed_idle_connection_is_replaced_before_writing(mariadb: MariaDBServer) -> None:
+    """KILL of idle connections: the next write goes through exactly once, unreplayed."""
+    await _prepare_ledger(mariadb)
+    async with Supervisor(mariadb.dsn(), min_size=2, max_size=2) as sup:
+        before = await sup.db.fetchval("SELECT CONNECTION_ID()")
+        ids = (
+            await admin(mariadb, "SELECT id FROM information_schema.processlist WHERE user = 'app'")
+        ).split()
+        assert len(ids) == 2
+        await admin(mariadb, "; ".join(f"KILL {i}" for i in ids))
+        await asyncio.sleep(0.2)
+        assert await sup.db.execute("INSERT INTO ledger VALUES ('op-2')") == 1
+        assert await sup.db.fetchval("SELECT CONNECTION_ID()") != before
+        assert await sup.db.fetchval("SELECT COUNT(*) FROM ledger WHERE id = 'op-2'") == 1
+        monitor = sup.db._monitor
+        # The dead connections were dropped at acquire: nothing failed, nothing was replayed.
+        assert (monitor.replays, monitor.outcome_unknown, monitor.reconnects) == (0, 0, 0)
+        assert sup.state is State.CONNECTED
+
+
+async def test_sigkill_then_start_callers_wait_and_succeed(mariadb: MariaDBServer) -> None:
+    """A crash: callers wait at the gate and succeed once the server is back."""
+    async with Supervisor(mariadb.dsn(), max_size=5) as sup:
+        assert await sup.db.fetchval("SELECT 1") == 1
+        await asyncio.to_thread(mariadb.kill)
+        calls = [asyncio.create_task(sup.db.fetchval("SELECT 1", timeout=60)) for _ in range(20)]
+        await until(lambda: sup.state is State.RECONNECTING, timeout=5)
+        await asyncio.sleep(0.3)
+        assert not any(c.done() for c in calls)
+        await asyncio.to_thread(mariadb.start)
+        assert await asyncio.gather(*calls) == [1] * 20
+        assert sup.state is State.CONNECTED
+
+
+async def test_bad_credentials_and_database_fail_fast(mariadb: MariaDBServer) -> None:
+    """1045 / 1044 / 1049: FAILED quickly with the server's error as the cause."""
+    # With a grant on it, the server tells the app user the database does not exist (1049);
+    # without one it answers access denied (1044).
+    await admin(mariadb, "GRANT ALL ON `no_such_db`.* TO 'app'@'127.0.0.1'")
+    cases = [
+        (mariadb.dsn(user=SECURE_USER, password="wrong-pw"), 1045),
+        (mariadb.dsn(database="no_such_db"), 1049),
+        (mariadb.dsn(database="not_granted"), 1044),
+    ]
+    for dsn, code in cases:
+        sup = Supervisor(dsn, failed_probe_interval=60)
+        started = time.monotonic()
+        async with sup:
+            assert sup.state is State.FAILED
+            assert time.monotonic() - started < 2
+            with pytest.raises(DatabaseUnavailable) as info:
+                await sup.db.fetchval("SELECT 1")
+            cause = info.value.__cause__
+            assert isinstance(cause, myerr.OperationalError) and cause.args[0] == code
+            assert "wrong-pw" not in str(info.value)
+    good = Supervisor(mariadb.dsn(user=SECURE_USER, password=SECURE_PASSWORD))
+    async with good:
+        assert await good.db.fetchval("SELECT CURRENT_USER()") == f"{SECURE_USER}@127.0.0.1"
+
+
+async def test_too_many_connections_is_transient(mariadb: MariaDBServer) -> None:
+    """1040: the supervisor keeps reconnecting (not FAILED) and connects once a slot frees."""
+    hogs: list[Any] = []
+    await admin(mariadb, "SET GLOBAL max_connections = 10")  # MariaDB's minimum
+    try:
+        for _ in range(20):
+            try:
+                hogs.append(
+                    await aiomysql.connect(
+                        host=mariadb.host, port=mariadb.port, user="app", db="app"
+                    )
+                )
+            except myerr.OperationalError as exc:
+                assert exc.args[0] == 1040
+                break
+        else:
+            pytest.fail("max_connections was never reached")
+        sup = Supervisor(mariadb.dsn(), backoff=Backoff(initial=0.05, maximum=0.2))
+        rec = Recorder(sup)
+        async with sup:
+            await asyncio.sleep(0.5)
+            assert sup.state is State.RECONNECTING
+            assert not rec.of(events.ReconnectFailed)
+            seen = [e.error for e in rec.of(events.ErrorOccurred)]
+            assert seen and all(getattr(e, "args", [None])[0] == 1040 for e in seen)
+            hogs.pop().close()
+            assert await sup.db.fetchval("SELECT 1", timeout=10) == 1
+            assert sup.state is State.CONNECTED
+    finally:
+        for hog in hogs:
+            hog.close()
+        await admin(mariadb, "SET GLOBAL max_connections = 200")
+
+
+async def test_query_errors_raised_unchanged_once(mariadb: MariaDBServer) -> None:
+    """1064 and friends reach the caller as PyMySQL's own errors, after one attempt."""
+    await admin(
+        mariadb,
+        "DROP TABLE IF EXISTS attempts; CREATE TABLE attempts (n int AUTO_INCREMENT PRIMARY KEY)",
+        "app",
+    )
+    async with Supervisor(mariadb.dsn()) as sup:
+        with pytest.raises(myerr.ProgrammingError) as info:
+            await sup.db.fetch("SELEC 1")
+        assert info.value.args[0] == 1064
+        # The INSERT runs, then the second statement fails: the table counts the attempts.
+        with pytest.raises(myerr.ProgrammingError) as info:
+            await sup.db.execute("INSERT INTO attempts VALUES (); SELECT * FROM no_such_table")
+        assert info.value.args[0] == 1146
+        with pytest.raises(myerr.IntegrityError):
+            await sup.db.execute("INSERT INTO attempts VALUES (1)")
+        with pytest.raises(TypeError):  # wrong argument count: caught before sending
+            await sup.db.execute("INSERT INTO attempts VALUES (%s)", 1, 2)
+        assert await sup.db.fetchval("SELECT COUNT(*) FROM attempts") == 1
+        assert sup.state is State.CONNECTED
+        monitor = sup.db._monitor
+        assert (monitor.reconnects, monitor.replays) == (0, 0)
+        assert pool(sup).stats().size == 1  # the connection survived every error
+
+
+async def test_blackhole_never_hangs_past_deadline(
+    mariadb: MariaDBServer, proxy: FaultProxy
+) -> None:
+    """A silent partition: every call returns by its deadline; recovery after it heals."""
+    sup = Supervisor(
+        via(proxy, mariadb.dsn()),
+        min_size=4,  # every call gets an established connection, so the write is sent
+        max_size=4,
+        connect_timeout=0.5,
+        command_timeout=0.5,
+        backoff=Backoff(initial=0.05, maximum=0.2),
+    )
+    async with sup:
+        assert await sup.db.fetchval("SELECT 1") == 1
+        proxy.blackhole()
+        started = time.monotonic()
+        calls = [
+            sup.db.fetchval("SELECT 1", timeout=1.5),
+            sup.db.execute("SELECT 1", timeout=1.5),
+            sup.db.execute("INSERT INTO nowhere VALUES (1)", timeout=1.5),
+        ]
+        results = await asyncio.gather(*calls, return_exceptions=True)
+        elapsed = time.monotonic() - started
+        assert elapsed < 2.0, elapsed
+        assert isinstance(results[0], DatabaseUnavailable)
+        assert isinstance(results[1], DatabaseUnavailable)
+        assert isinstance(results[2], OutcomeUnknown)
+        assert isinstance(results[2].__cause__, TimeoutError)
+        await until(lambda: sup.state is State.RECONNECTING, timeout=3)
+        proxy.pass_through()
+        assert await sup.db.fetchval("SELECT 1", timeout=5) == 1
+        assert sup.state is State.CONNECTED
+
+
+async def test_cancellation_leaks_no_connection_and_no_task(mariadb: MariaDBServer) -> None:
+    """Cancel callers at many points: the server sees only the pool's connections."""
+    sup = Supervisor(mariadb.dsn(), min_size=1, max_size=5, max_idle=None)
+    backend = pool(sup)
+    async with sup:
+        tasks_before = asyncio.all_tasks()
+        for delay in [0, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05]:
+            calls = [asyncio.create_task(sup.db.fetchval("SELECT SLEEP(0.03)")) for _ in range(15)]
+            await asyncio.sleep(delay)
+            for c in calls:
+                c.cancel()
+            await asyncio.gather(*calls, return_exceptions=True)
+        await until(lambda: backend.stats().in_use == 0, timeout=5)
+        assert asyncio.all_tasks() <= tasks_before | {asyncio.current_task()}
+        assert backend._pool._slots == 0 and not backend._pool._waiters
+        assert sup.db._gate.waiting == 0
+        size = backend.stats().size
+        assert size <= 5
+        # A cancelled caller's connection is closed; its server thread ends with its SLEEP.
+        server_side = -1
+
+        async def server_matches() -> bool:
+            nonlocal server_side
+            server_side = int(await admin(mariadb, APP_THREADS))
+            return server_side == size
+
+        deadline = time.monotonic() + 5
+        while not await server_matches():
+            assert time.monotonic() < deadline, (server_side, size)
+            await asyncio.sleep(0.05)
+        assert await sup.db.fetchval("SELECT 1") == 1
+    deadline = time.monotonic() + 5
+    while int(await admin(mariadb, APP_THREADS)) != 0:
+        assert time.monotonic() < deadline, "connections left open after close"
+        await asyncio.sleep(0.05)
