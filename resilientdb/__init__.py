@@ -21,15 +21,19 @@ from .errors import (
     SupervisorClosed,
     TransactionLost,
 )
+from .health import BackendHealth, HealthReport, HealthStatus
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BackendConfig",
+    "BackendHealth",
     "Backoff",
     "ConfigurationError",
     "Database",
     "DatabaseUnavailable",
+    "HealthReport",
+    "HealthStatus",
     "Options",
     "OutcomeUnknown",
     "Overloaded",
