@@ -44,7 +44,7 @@ _PG_OPTIONS = frozenset(
     }
 )  # fmt: skip
 _MYSQL_OPTIONS = frozenset({"charset", "unix_socket", "ssl", "init_command", "program_name"})
-_SQLITE_OPTIONS = frozenset({"mode", "cache", "timeout"})
+_SQLITE_OPTIONS = frozenset({"mode", "cache", "timeout", "journal_mode"})
 
 _ADAPTERS = "resilientdb.backends."
 _PG = _Driver(
