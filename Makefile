@@ -12,8 +12,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[all,dev]'
 	touch $(STAMP)
 
+# make demo DEMO_ARGS='--duration 60 --plot timeline.png' (or --dsn postgresql://...)
 demo: $(STAMP)
-	$(BIN)/resilientdb demo
+	$(BIN)/resilientdb demo $(DEMO_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

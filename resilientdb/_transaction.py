@@ -183,6 +183,8 @@ async def _commit(db: Database, tx: Transaction) -> None:
     try:
         await tx.execute("COMMIT")
     except TransactionLost as exc:
+        if exc.__cause__ is not None and db._backend.unsent(exc.__cause__):
+            raise  # COMMIT never left: the server rolls the transaction back
         db._monitor.outcome_unknown += 1
         raise OutcomeUnknown(
             f"backend {db.name!r}: connection lost while COMMIT was in flight; the "

@@ -112,13 +112,15 @@ def redact(dsn: str) -> str:
     except ValueError:
         return "<unparseable DSN>"
     netloc = parts.netloc
+    out = dsn
     if "@" in netloc:
         userinfo, _, hostinfo = netloc.rpartition("@")
         if ":" in userinfo:
             user = userinfo.split(":", 1)[0]
             netloc = f"{user}:{REDACTED}@{hostinfo}"
-    query = _PASSWORD_QUERY.sub(lambda m: m.group(1) + REDACTED, "?" + parts.query)[1:]
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+            out = urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    # Edited as text, not rebuilt: urlunsplit would drop the empty host of sqlite:///x.db.
+    return _PASSWORD_QUERY.sub(lambda m: m.group(1) + REDACTED, out)
 
 
 def parse_dsn(dsn: str) -> DSN:

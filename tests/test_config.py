@@ -129,6 +129,9 @@ def test_redaction_everywhere_in_configuration() -> None:
         Supervisor(f"postgresql://app:{SECRET}@db/app?nope=1")
     assert SECRET not in str(info.value)
     assert redact("not a url at all") == "not a url at all"
+    assert redact("sqlite:////tmp/x.db") == "sqlite:////tmp/x.db"
+    assert redact("sqlite:///rel.db?mode=rw") == "sqlite:///rel.db?mode=rw"
+    assert redact(f"mysql://u:{SECRET}@h/db?password={SECRET}") == "mysql://u:***@h/db?password=***"
 
 
 def test_options_defaults_are_sane() -> None:

@@ -96,11 +96,11 @@ async def test_blackhole_detected_while_idle_within_bound(pg: PostgresServer) ->
 
 
 async def test_tcp_keepalive_and_user_timeout_are_set(pg: PostgresServer) -> None:
-    async with Supervisor(pg.dsn(), tcp_user_timeout=12.0) as sup:
-        async with sup.db.acquire() as conn:
-            sock = conn._con._transport.get_extra_info("socket")
-            assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
-            if hasattr(socket, "TCP_USER_TIMEOUT"):
-                assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) == 12000
-            if hasattr(socket, "TCP_KEEPIDLE"):
-                assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == 4
+    sup = Supervisor(pg.dsn(), tcp_user_timeout=12.0)
+    async with sup, sup.db.acquire() as conn:
+        sock = conn._con._transport.get_extra_info("socket")
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+        if hasattr(socket, "TCP_USER_TIMEOUT"):
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) == 12000
+        if hasattr(socket, "TCP_KEEPIDLE"):
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == 4

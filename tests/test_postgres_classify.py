@@ -68,6 +68,7 @@ def test_query_errors_surface(code: str) -> None:
         ),
         (pgexc.InterfaceError("cannot perform operation: another operation is in progress"), Q),
         (pgexc.ClientConfigurationError("invalid sslmode"), P),
+        (pgexc.TargetServerAttributeNotMatched("None of the hosts match"), C),
         (ValueError("not a driver error"), Q),
     ],
 )

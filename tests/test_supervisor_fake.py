@@ -372,3 +372,27 @@ async def test_on_error_receives_handled_errors() -> None:
         await asyncio.sleep(0.01)
     assert [e.error_type for e in seen] == ["FakeConnectionLost"]
     assert isinstance(seen[0].error, FakeConnectionLost)
+
+
+async def test_commit_lost_before_or_after_sending() -> None:
+    sup, backend = make()
+    async with sup:
+        runs = 0
+
+        async def unsent_commit(tx: Any) -> None:
+            nonlocal runs
+            runs += 1
+            await tx.execute("UPDATE t SET x = 1")
+            if runs == 1:  # the next statement is COMMIT: found closed before it was written
+                backend.fail_next(FakeNotSent("connection is closed"), sent=False)
+
+        await sup.db.run_in_transaction(unsent_commit)
+        assert runs == 2  # rolled back for sure, so the whole callable ran again
+
+        async def lost_commit(tx: Any) -> None:
+            await tx.execute("UPDATE t SET x = 2")
+            backend.fail_next(FakeConnectionLost("closed in the middle of COMMIT"))
+
+        with pytest.raises(OutcomeUnknown):
+            await sup.db.run_in_transaction(lost_commit)
+        assert sup.stats()["default"]["outcome_unknown"] == 1

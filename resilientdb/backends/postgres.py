@@ -76,6 +76,8 @@ def _classify_one(exc: BaseException) -> ErrorKind:
     if isinstance(exc, pgexc.PostgresError):
         code = exc.sqlstate or ""
         return SQLSTATE_KINDS.get(code) or SQLSTATE_CLASS_KINDS.get(code[:2], ErrorKind.QUERY)
+    if isinstance(exc, pgexc.TargetServerAttributeNotMatched):
+        return C  # target_session_attrs: no primary yet (mid-failover); another may come up
     if isinstance(exc, pgexc.ClientConfigurationError):
         return P  # a bad sslmode or option: retrying cannot fix it
     if isinstance(exc, pgexc.InterfaceError):
