@@ -25,6 +25,7 @@ from typing import Any
 from .. import events
 from .._states import State
 from .._supervisor import Supervisor
+from ..backends._raw_clients import RawAiomysql, RawAiosqlite, RawAsyncpg
 from ..config import with_host
 from ..errors import ConfigurationError, DatabaseUnavailable
 from ..testing import FaultProxy
@@ -40,7 +41,6 @@ from ._faults import (
     NetworkReset,
     SQLiteTarget,
 )
-from ._raw import RawAiomysql, RawAiosqlite, RawAsyncpg
 from ._report import render_faults, render_summary, tally
 from ._workload import (
     DIALECTS,

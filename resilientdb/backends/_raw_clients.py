@@ -1,8 +1,8 @@
 """The demo's contrast: the same workload on the raw driver, without resilientdb.
 
-This is the one module outside ``resilientdb/backends/`` that imports drivers, on purpose:
-it shows what an application written directly against aiosqlite, asyncpg or aiomysql sees
-under the same faults. Each client is what a careful but ordinary application does:
+It lives with the adapters because it is driver code (nothing outside ``backends/`` imports a
+driver): it shows what an application written directly against aiosqlite, asyncpg or aiomysql
+sees under the same faults. Each client is what a careful but ordinary application does:
 
 - aiosqlite: one connection per worker, reopened when it is found closed, the same busy
   timeout as the supervised run; a transfer is ``BEGIN IMMEDIATE`` ... ``COMMIT``.
@@ -21,8 +21,8 @@ import sqlite3
 import warnings
 from typing import Any
 
+from ..cli._workload import ACCOUNTS, INITIAL_BALANCE, OP_TIMEOUT, Schema, Written, read_written
 from ..config import DSN
-from ._workload import ACCOUNTS, INITIAL_BALANCE, OP_TIMEOUT, Schema, Written, read_written
 
 __all__ = ["RawAiomysql", "RawAiosqlite", "RawAsyncpg"]
 
