@@ -1,103 +1,219 @@
-"""Overhead of the supervisor on the hot path: resilientdb against the raw driver pool.
+"""Overhead on the hot path: resilientdb against the raw driver pools and the peer libraries.
 
-Each round runs every contender for the same short slice, in alternating order, so machine
-noise hits all alike; the figure quoted is the median over rounds of each round's ratio
-(resilientdb ops/s divided by raw ops/s, so a ratio of raw_time / resilientdb_time <= 1.05
-means at most 5 % slower). Run alone: ``python -m benchmarks.overhead [--rounds N]``.
+PostgreSQL: resilientdb, asyncpg's own pool (the baseline), SQLAlchemy's async engine
+(pool_pre_ping off and on) and psycopg_pool (check off and on). MariaDB: resilientdb against
+aiomysql's pool. SQLite: resilientdb against raw aiosqlite connections. Each runs ``SELECT 1``
+and a 100-row read at 1 and 32 concurrent tasks, every pool the same size.
+
+Each round runs every contender for the same short slice, the order rotated each round, so
+machine noise hits all alike. The time ratio of a contender is, per round, raw ops/s divided
+by its ops/s (1.05 means 5 % slower than the raw driver); the figure quoted is the median
+over rounds. Where resilientdb misses its target, a cProfile of it under the same load is
+stored with the results.
+
+Also the CPU cost of the gate alone, with the in-memory fake backend: nanoseconds per
+``db.fetchval`` through the supervisor against the fake pool's acquire plus the fake
+connection's call, and against the fake connection's call alone.
+
+Run alone: ``python -m benchmarks.overhead [--quick] [--rounds N] [--slice S]``.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
-import asyncpg
+from benchmarks import _servers
+from benchmarks._clients import (
+    MYSQL,
+    PG,
+    SQLITE,
+    AiomysqlPool,
+    AiosqlitePool,
+    AsyncpgPool,
+    PsycopgPool,
+    ResilientDB,
+    SQLAlchemyEngine,
+)
+from benchmarks._common import (
+    Settings,
+    interleaved,
+    median,
+    parser,
+    profile_top,
+    quiet_logs,
+    settings,
+    write_json,
+)
 
-from benchmarks._common import median, percentile, throughput, write_json
-from resilientdb import Supervisor
-from tests.servers import PostgresServer
+TARGETS = {"postgres": 1.05, "mariadb": 1.05, "sqlite": 1.10}
+QUERIES = {"SELECT 1": "scalar", "100 rows": "rows"}
+CONCURRENCY = (1, 32)
+POOL_SIZE = 10
+SQLITE_POOL_SIZE = 4  # one thread per connection: more than the cores only adds switching
 
-QUERY = "SELECT 1"
+
+Factories = dict[str, Callable[[], Any]]
 
 
-async def bench_postgres(dsn: str, rounds: int, slice_s: float, pool_size: int) -> dict[str, Any]:
-    results: dict[str, Any] = {}
-    pool = await asyncpg.create_pool(dsn, min_size=pool_size, max_size=pool_size)
-    sup = Supervisor(dsn, min_size=pool_size, max_size=pool_size)
+async def _compare(
+    factories: Factories, raw: str, target: float, rounds: int, slice_s: float, s: Settings
+) -> dict[str, Any]:
+    """Every query at every concurrency for every client; profile resilientdb's misses."""
+    out: dict[str, Any] = {}
+    clients: dict[str, Any] = {}
     try:
-        async with sup:
-            db = sup.db
-            contenders = {
-                "asyncpg pool": lambda: pool.fetchval(QUERY),
-                "resilientdb": lambda: db.fetchval(QUERY),
-            }
-            for concurrency in (1, 32):
-                # Warm both: statement caches, pool connections.
-                for op in contenders.values():
-                    await throughput(op, concurrency, 0.3)
-                per: dict[str, list[float]] = {name: [] for name in contenders}
-                lat: dict[str, list[float]] = {name: [] for name in contenders}
-                ratios: list[float] = []
-                for r in range(rounds):
-                    order = list(contenders.items())
-                    if r % 2:
-                        order.reverse()
-                    got: dict[str, float] = {}
-                    for name, op in order:
-                        ops, latencies = await throughput(op, concurrency, slice_s)
-                        got[name] = ops
-                        per[name].append(ops)
-                        lat[name].extend(latencies)
-                    ratios.append(got["asyncpg pool"] / got["resilientdb"])
-                results[f"c{concurrency}"] = {
-                    "ops_per_s": {n: round(median(v)) for n, v in per.items()},
-                    "p50_us": {n: round(percentile(v, 50) * 1e6, 1) for n, v in lat.items()},
-                    "p99_us": {n: round(percentile(v, 99) * 1e6, 1) for n, v in lat.items()},
-                    "time_ratio_median": round(median(ratios), 4),
-                    "time_ratio_rounds": [round(x, 4) for x in ratios],
-                }
+        for name, make in factories.items():
+            client = make()
+            await client.open()
+            clients[name] = client
+        for label, method in QUERIES.items():
+            for tasks in CONCURRENCY:
+                ops = {name: getattr(client, method) for name, client in clients.items()}
+                result = await interleaved(ops, raw, tasks, rounds, slice_s)
+                result["target"] = target
+                out[f"{label} @{tasks}"] = result
+                print(
+                    f"  {label:8} @{tasks:<2} "
+                    + "  ".join(f"{n}={r:.3f}" for n, r in result["time_ratio"].items()),
+                    flush=True,
+                )
     finally:
-        await pool.close()
+        for client in reversed(clients.values()):
+            await client.close()
+    # Profiles last, on fresh clients of their own, so that the runs above are undisturbed.
+    for label, method in QUERIES.items():
+        for tasks in CONCURRENCY:
+            result = out[f"{label} @{tasks}"]
+            if result["time_ratio"]["resilientdb"] > target:
+                result["profile"] = {
+                    name: await profile_top(factories[name], method, tasks, s.pick(2.0, 0.1))
+                    for name in ("resilientdb", raw)
+                }
+    return out
+
+
+async def bench_postgres(rounds: int, slice_s: float, s: Settings) -> dict[str, Any]:
+    dsn = (await _servers.postgres()).dsn()
+    factories: Factories = {
+        "asyncpg pool": lambda: AsyncpgPool(dsn, POOL_SIZE),
+        "resilientdb": lambda: ResilientDB(dsn, POOL_SIZE, PG),
+        "SQLAlchemy": lambda: SQLAlchemyEngine(dsn, POOL_SIZE, pre_ping=False),
+        "SQLAlchemy pre-ping": lambda: SQLAlchemyEngine(dsn, POOL_SIZE, pre_ping=True),
+        "psycopg_pool": lambda: PsycopgPool(dsn, POOL_SIZE, check=False),
+        "psycopg_pool check": lambda: PsycopgPool(dsn, POOL_SIZE, check=True),
+    }
+    return await _compare(factories, "asyncpg pool", TARGETS["postgres"], rounds, slice_s, s)
+
+
+async def bench_mariadb(rounds: int, slice_s: float, s: Settings) -> dict[str, Any]:
+    dsn = (await _servers.mariadb()).dsn()
+    factories: Factories = {
+        "aiomysql pool": lambda: AiomysqlPool(dsn, POOL_SIZE),
+        "resilientdb": lambda: ResilientDB(dsn, POOL_SIZE, MYSQL),
+    }
+    return await _compare(factories, "aiomysql pool", TARGETS["mariadb"], rounds, slice_s, s)
+
+
+async def bench_sqlite(rounds: int, slice_s: float, s: Settings) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="resilientdb-bench-") as tmp:
+        path = str(Path(tmp) / "bench.db")
+        factories: Factories = {
+            "resilientdb": lambda: ResilientDB(f"sqlite:///{path}", SQLITE_POOL_SIZE, SQLITE),
+            "aiosqlite": lambda: AiosqlitePool(path, SQLITE_POOL_SIZE),
+        }
+        return await _compare(factories, "aiosqlite", TARGETS["sqlite"], rounds, slice_s, s)
+
+
+async def gate_cost(calls: int, rounds: int) -> dict[str, Any]:
+    """Nanoseconds (wall and CPU) per call, three ways, on the fake backend (no I/O)."""
+    import resilientdb.testing.fake as fake
+    from resilientdb import Supervisor
+
+    sup = Supervisor("fake://db", min_size=1, max_size=1, memory_watchdog=False)
+    async with sup:
+        db = sup.db
+        backend = db._backend
+        assert isinstance(backend, fake.FakeBackend)
+        conn = fake.FakeConnection(backend, backend.generation)
+
+        async def direct() -> None:
+            for _ in range(calls):
+                await conn.fetchval("SELECT 1")
+
+        async def pooled() -> None:
+            for _ in range(calls):
+                async with backend.acquire(None) as c:
+                    await c.fetchval("SELECT 1")
+
+        async def supervised() -> None:
+            for _ in range(calls):
+                await db.fetchval("SELECT 1")
+
+        variants = {"connection": direct, "pool + connection": pooled, "resilientdb": supervised}
+        wall: dict[str, list[float]] = {n: [] for n in variants}
+        cpu: dict[str, list[float]] = {n: [] for n in variants}
+        for r in range(rounds + 1):  # round 0 warms up and is dropped
+            order = list(variants.items())
+            if r % 2:
+                order.reverse()
+            for name, fn in order:
+                backend.executed.clear()
+                conn.calls.clear()
+                w0, c0 = time.perf_counter_ns(), time.process_time_ns()
+                await fn()
+                w1, c1 = time.perf_counter_ns(), time.process_time_ns()
+                if r:
+                    wall[name].append((w1 - w0) / calls)
+                    cpu[name].append((c1 - c0) / calls)
+        backend.executed.clear()
+    ns = {n: round(median(v)) for n, v in wall.items()}
+    cpu_ns = {n: round(median(v)) for n, v in cpu.items()}
+    return {
+        "calls_per_round": calls,
+        "rounds": rounds,
+        "wall_ns_per_call": ns,
+        "cpu_ns_per_call": cpu_ns,
+        "gate_ns": ns["resilientdb"] - ns["pool + connection"],
+        "supervisor_ns": ns["resilientdb"] - ns["connection"],
+    }
+
+
+async def run(s: Settings, rounds: int | None = None, slice_s: float | None = None) -> Any:
+    rounds = rounds or s.pick(8, 1)
+    slice_s = slice_s or s.pick(0.6, 0.05)
+    results: dict[str, Any] = {"rounds": rounds, "slice_s": slice_s}
+    with quiet_logs():
+        print("overhead: PostgreSQL", flush=True)
+        results["postgres"] = await bench_postgres(rounds, slice_s, s)
+        print("overhead: MariaDB", flush=True)
+        results["mariadb"] = await bench_mariadb(rounds, slice_s, s)
+        print("overhead: SQLite", flush=True)
+        results["sqlite"] = await bench_sqlite(rounds, slice_s, s)
+        print("overhead: gate cost (fake backend)", flush=True)
+        results["gate"] = await gate_cost(s.pick(100_000, 2_000), s.pick(7, 1))
+    write_json("overhead", results, s.out)
     return results
 
 
-def report(results: dict[str, Any]) -> str:
-    lines = [
-        "| backend | tasks | raw ops/s | resilientdb ops/s | p50 raw / rdb (us) "
-        "| p99 raw / rdb (us) | time ratio rdb/raw |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for backend, by_c in results.items():
-        for c, r in by_c.items():
-            raw, rdb = r["ops_per_s"]
-            lines.append(
-                f"| {backend} | {c[1:]} | {r['ops_per_s'][raw]:,} | {r['ops_per_s'][rdb]:,} "
-                f"| {r['p50_us'][raw]} / {r['p50_us'][rdb]} "
-                f"| {r['p99_us'][raw]} / {r['p99_us'][rdb]} | {r['time_ratio_median']:.3f} |"
-            )
-    return "\n".join(lines)
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--rounds", type=int, default=10)
-    parser.add_argument("--slice", type=float, default=1.0, help="seconds per contender per round")
-    parser.add_argument("--pool-size", type=int, default=10)
-    args = parser.parse_args(argv)
-    server = PostgresServer()
+    p = parser(__doc__)
+    p.add_argument("--rounds", type=int, default=None)
+    p.add_argument("--slice", type=float, default=None, help="seconds per contender per round")
+    args = p.parse_args(argv)
+    s = settings(args)
     try:
-        server.start()
-        results = {
-            "postgres": asyncio.run(
-                bench_postgres(server.dsn(), args.rounds, args.slice, args.pool_size)
-            )
-        }
+        results = asyncio.run(run(s, args.rounds, args.slice))
     finally:
-        server.cleanup()
-    write_json("overhead", results)
-    print(report(results))
+        _servers.cleanup()
+    from benchmarks.report import overhead_section
+
+    print(overhead_section(results))
     return 0
 
 

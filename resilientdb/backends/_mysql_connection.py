@@ -124,6 +124,7 @@ class MySQLConnection:
             query = cur.mogrify(query, args)
         elif many:
             cur.mogrify(query, many[0])
+        # asyncio.timeout(None) sets no timer: the bound costs nothing when there is none.
         async with asyncio.timeout(timeout):
             try:
                 if many is None:

@@ -18,6 +18,7 @@ from typing import Any
 
 from pymysql import err as myerr
 
+from .._wheel import TimeoutWheel
 from ..config import Options
 from ._mysql_connection import MySQLConnection, alive, connect, quit_raw
 from .base import ConnectPaused, PoolStats
@@ -63,6 +64,7 @@ class Pool:
         self._opened = False
         self._generation = 0
         self._idle: deque[MySQLConnection] = deque()  # oldest left, most recently used right
+        self._wheel = TimeoutWheel()
         self._in_use: set[MySQLConnection] = set()
         self._slots = 0  # callers holding a slot: connecting, or holding a connection
         self._waiters: deque[asyncio.Future[None]] = deque()
@@ -147,23 +149,29 @@ class Pool:
                 self._slots += 1
                 self._in_use.add(conn)
                 return conn
-        slot = False
+        slot = [False]
         try:
-            async with asyncio.timeout(timeout):
-                await self._take_slot()
-                slot = True
-                if not self._opened:
-                    raise myerr.InterfaceError(0, "pool is closed")
-                conn = self._pop_idle()
-                if conn is None:
-                    if not self._may_connect():
-                        raise ConnectPaused("the supervisor is reconnecting; no new connection")
-                    conn = await self.connect()
+            waiting = self._wait_for_connection(slot)
+            # Most calls wait here when the pool is saturated: the shared wheel bounds them
+            # without one event-loop timer each (see resilientdb/_wheel.py).
+            conn = await (waiting if timeout is None else self._wheel.wait(waiting, timeout))
         except BaseException:
-            if slot:
+            if slot[0]:
                 self._free_slot()
             raise
         self._in_use.add(conn)
+        return conn
+
+    async def _wait_for_connection(self, slot: list[bool]) -> MySQLConnection:
+        await self._take_slot()
+        slot[0] = True
+        if not self._opened:
+            raise myerr.InterfaceError(0, "pool is closed")
+        conn = self._pop_idle()
+        if conn is None:
+            if not self._may_connect():
+                raise ConnectPaused("the supervisor is reconnecting; no new connection")
+            conn = await self.connect()
         return conn
 
     def _pop_idle(self) -> MySQLConnection | None:
