@@ -79,6 +79,9 @@ class Gate:
             if state is State.CONNECTED:
                 return
             if state is State.FAILED:
+                # Yield once: a caller retrying in a tight loop must not starve the event loop
+                # (and with it the probe that would heal the backend).
+                await asyncio.sleep(0)
                 raise DatabaseUnavailable(
                     f"backend {self.backend!r} is failed: {_describe(self.last_error)}"
                 ) from self.last_error

@@ -169,6 +169,7 @@ class Ledger:
             out.unknown.append(op_id)
         except (DatabaseUnavailable, TransactionLost):
             out.unavailable.append(op_id)
+            await asyncio.sleep(0.01)  # as a real client would, rather than spin
         except Exception as exc:  # counted: the report shows every unexpected error
             out.errors[type(exc).__name__] += 1
             out.unknown.append(op_id)  # its outcome is not known either

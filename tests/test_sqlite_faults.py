@@ -130,7 +130,7 @@ async def test_api_and_row_shape(path: str, threads: None) -> None:
         assert await db.fetchval("SELECT count(*) FROM t") == 4
         assert await db.fetchval("PRAGMA journal_mode") == "wal"
         assert await db.fetchval("PRAGMA foreign_keys") == 1  # on_connect ran on it
-        # A BEGIN sent as a single statement does not leave the shared connection in a
+        # A BEGIN sent as a single statement does not leave the pooled connection in a
         # transaction: the next statement is committed on its own.
         await db.execute("BEGIN")
         await db.execute("INSERT INTO t (name) VALUES ('e')")
@@ -162,13 +162,71 @@ async def test_transactions_hold_the_connection_whole(path: str, threads: None) 
             await conn.execute("BEGIN IMMEDIATE")
             assert cast(SQLiteConnection, conn).in_transaction
             await conn.execute("INSERT INTO log VALUES ('left open')")
-        # A transaction opened where execute() cannot see it is undone at once: the
-        # connection is shared, the next statement must not end up inside it.
+        # A transaction a single statement leaves open is rolled back when its lease ends:
+        # the next statement must not end up inside it.
         await sup.db.execute("/* hidden */ BEGIN")
         await sup.db.execute("INSERT INTO log VALUES ('autocommit')")
         assert committed(path, "SELECT count(*) FROM log") == 3
         values = sorted(r[0] for r in await sup.db.fetch("SELECT v FROM log"))
         assert values == ["autocommit", "other", "tx"]  # released in a transaction: rolled back
+
+
+async def test_statement_never_runs_inside_another_leases_transaction(
+    path: str, threads: None
+) -> None:
+    # Regression: two leases held at once used to share one connection, so a single INSERT
+    # ran inside the other lease's open transaction and was then rolled back with it (or by
+    # the adapter's own clean-up ROLLBACK) although it had been reported a success.
+    sup = Supervisor("sqlite:///" + path, min_size=1, max_size=2)
+    async with sup:
+        await make_log(sup)
+        pool = backend(sup)
+        async with pool.acquire(5) as single, pool.acquire(5) as other:
+            await other.execute("BEGIN IMMEDIATE")
+            await other.execute("INSERT INTO log VALUES ('rolled back')")
+            insert = asyncio.create_task(single.execute("INSERT INTO log VALUES ('single')"))
+            await asyncio.sleep(0.3)
+            assert not insert.done()  # it waits for the write lock, outside the transaction
+            await other.execute("ROLLBACK")
+            assert await asyncio.wait_for(insert, timeout=5) == 1
+        assert committed(path, "SELECT group_concat(v) FROM log") == "single"
+        assert pool.stats().size == 2 and pool.stats().in_use == 0
+
+
+async def test_acknowledged_writes_survive_concurrent_rolled_back_transactions(
+    path: str, threads: None
+) -> None:
+    # Regression for the ledger's lost writes: single-statement INSERTs that succeeded must all
+    # be there, while transactions beside them on the same small pool are rolled back.
+    sup = Supervisor("sqlite:///" + path, max_size=3)
+    acknowledged: list[int] = []
+
+    class Abort(Exception):
+        pass
+
+    async def doomed(tx: Any) -> None:
+        await tx.execute("INSERT INTO log VALUES ('doomed')")
+        raise Abort
+
+    async def worker(n: int, stop_at: float) -> None:
+        for i in range(100_000):
+            if time.monotonic() >= stop_at:
+                return
+            if (n + i) % 2:
+                with pytest.raises(Abort):
+                    await sup.db.run_in_transaction(doomed, timeout=10)
+            else:
+                await sup.db.execute("INSERT INTO log VALUES (?)", str(n * 100_000 + i))
+                acknowledged.append(n * 100_000 + i)
+
+    async with sup:
+        await make_log(sup)
+        stop_at = time.monotonic() + 2.0
+        await asyncio.gather(*(worker(n, stop_at) for n in range(8)))
+        rows = [r[0] for r in await sup.db.fetch("SELECT v FROM log")]
+    assert len(acknowledged) > 50
+    assert "doomed" not in rows
+    assert sorted(rows) == sorted(str(v) for v in acknowledged)
 
 
 async def test_writer_waits_for_another_process_then_succeeds(path: str, threads: None) -> None:
@@ -312,6 +370,26 @@ async def test_connection_closed_underneath_is_reopened_and_replayed(
     assert len(rec.of(events.Reconnected)) == 2
     reasons = [e.reason for e in rec.of(events.OperationReplayed)]
     assert reasons == ["ValueError", "ProgrammingError"]
+
+
+async def test_closed_underneath_while_the_pool_retires_it_never_hangs(
+    path: str, threads: None
+) -> None:
+    # aiosqlite's close() waits forever if another closer stopped the thread first; the pool
+    # retiring a connection that someone is closing (as the ledger's fault does) must not
+    # make either side hang.
+    sup = Supervisor("sqlite:///" + path, min_size=2, max_size=2)
+    async with sup:
+        pool = backend(sup)
+        first, second = pool.raw_connections()
+        closing = asyncio.create_task(first.close())
+        await asyncio.sleep(0)  # its close is queued on the worker thread
+        refreshing = asyncio.create_task(pool.refresh())  # retires both idle connections
+        await asyncio.sleep(0)
+        await asyncio.wait_for(second.close(), timeout=5)  # after the pool began closing it
+        await asyncio.wait_for(asyncio.gather(closing, refreshing), timeout=10)
+        assert pool.raw_connections() == []
+        assert await sup.db.fetchval("SELECT 1", timeout=5) == 1
 
 
 async def test_memory_database_keeps_its_data(threads: None) -> None:

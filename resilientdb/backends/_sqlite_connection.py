@@ -1,8 +1,9 @@
-"""The SQLite adapter's connections: one aiosqlite connection (a ``Link``) and the leases
-(:class:`SQLiteConnection`) through which callers use it with asyncpg's API.
+"""The SQLite adapter's connections: one aiosqlite connection (a ``Link``) and the lease
+(:class:`SQLiteConnection`) through which one caller at a time uses it with asyncpg's API.
 
-Split from ``sqlite.py`` (the pool and the error table) to keep modules small; the design is
-in that module's docstring. Functions marked "worker thread" run on the aiosqlite thread.
+Split from ``sqlite.py`` (the error table) and ``_sqlite_pool.py`` (the pool) to keep modules
+small; the design is in ``sqlite.py``'s docstring. Functions marked "worker thread" run on the
+aiosqlite thread.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from .._row import Row, make_rows
 if TYPE_CHECKING:
     from ._sqlite_pool import SQLitePool
 
-__all__ = ["DatabaseFileMoved", "Link", "SQLiteConnection", "error_code", "set_busy"]
+__all__ = ["DatabaseFileMoved", "Link", "SQLiteConnection", "error_code", "prepare"]
 
 CLOSE_TIMEOUT = 5.0
 SETTLE_TIMEOUT = 2.0  # waiting for an interrupted statement to end before giving up on it
@@ -34,7 +35,6 @@ FILE_CHECK_INTERVAL = 0.05  # os.stat costs twice a trivial SELECT: at most this
 # Busy results that mean "SQLite waited and the lock is still taken": worth another slice.
 _WAIT_CODES = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_BUSY_RECOVERY, 773})
 _FETCH, _FETCHROW, _FETCHVAL, _EXECUTE, _MANY = range(5)
-_OPENERS = ("BEGIN", "SAVEPOINT")  # the statements that open a transaction in SQLite
 
 
 def error_code(exc: BaseException) -> int | None:
@@ -73,17 +73,16 @@ class _Call:
 
 
 class Link:
-    """One aiosqlite connection and its worker thread, shared by the leases on it.
+    """One aiosqlite connection and its worker thread; held by at most one lease at a time.
 
-    Statements of several leases queue on the one worker thread and run in order, each in
-    autocommit. A lease that needs the connection whole (a transaction, the raw connection)
-    makes it ``exclusive``: the pool hands it to nobody else until that lease ends, and what
-    others queued before runs first.
+    ``in_tx`` and ``dead`` are written by the worker thread at the end of each call, so the
+    event loop learns the connection's state without touching the sqlite3 handle (which
+    another thread may be closing).
     """
 
     __slots__ = (
-        "_check_at", "_current", "_lock", "aconn", "busy", "db", "discarded", "exclusive",
-        "generation", "ident", "idle_since", "path", "since", "submit", "timeout", "users",
+        "_check_at", "_current", "_lock", "aconn", "busy", "db", "dead", "discarded",
+        "generation", "ident", "idle_since", "in_tx", "path", "submit", "timeout",
     )  # fmt: skip
 
     def __init__(
@@ -103,32 +102,24 @@ class Link:
         self.busy = busy
         self.timeout = timeout  # command_timeout: the bound of calls made with timeout=None
         self.generation = generation
-        self.users = 0  # leases holding it
-        self.exclusive = False
-        self.discarded = False
+        self.discarded = False  # never to be handed out again
+        self.in_tx = False  # a transaction was open after the last call
+        self.dead = False  # sqlite3 reported the connection closed
         self.idle_since = 0.0
         self._lock = threading.Lock()
         self._current: _Call | None = None  # the call running on the worker thread
-        self.since = 0.0  # when that call started (time.monotonic), 0.0 when none runs
         self._check_at = 0.0  # when the file's identity is due to be checked again
 
     def is_closed(self) -> bool:
-        """Whether aiosqlite or sqlite3 has closed the connection."""
+        """Whether aiosqlite or sqlite3 has closed the connection (as far as known)."""
         aconn = cast(Any, self.aconn)
-        if aconn._connection is None or not aconn._running:
-            return True
-        try:
-            self.db.in_transaction  # noqa: B018 - raises once sqlite3 has closed it
-        except sqlite3.ProgrammingError:
-            return True
-        return False
+        return self.dead or aconn._connection is None or not aconn._running
 
     def interrupt(self, call: _Call) -> bool:
         """Mark ``call`` cancelled (a call still queued then never starts) and abort its
         statement if it is the one running; whether it was.
 
-        Under the lock the worker takes to switch calls, so another lease's statement is
-        never hit by mistake."""
+        Under the lock the worker takes to switch calls, so that a later call is never hit."""
         with self._lock:
             call.cancelled = True
             if self._current is not call:
@@ -137,25 +128,21 @@ class Link:
                 self.db.interrupt()
             return True
 
-    def work(self, call: _Call, op: int, sql: str, params: Any, column: int, whole: bool) -> Any:
+    def work(self, call: _Call, op: int, sql: str, params: Any, column: int) -> Any:
         """Worker thread: the whole call in one round trip."""
         now = time.monotonic()
         with self._lock:
             if call.cancelled:
                 call.done = True
                 return None  # its caller is gone: never start it
-            self._current, self.since = call, now
+            self._current = call
         try:
             if self.ident is not None and now >= self._check_at:
                 self._check_file()
                 self._check_at = now + FILE_CHECK_INTERVAL
-            db = self.db
             if op == _MANY:
                 return self._batch(call, sql, params)
-            try:
-                cur = db.execute(sql, params)
-            except sqlite3.OperationalError as exc:
-                cur = self._wait_busy(call, exc, now, sql, params)
+            cur = self._execute(call, sql, params)
             try:
                 if op == _FETCH:
                     return make_rows([d[0] for d in cur.description or ()], cur.fetchall())
@@ -171,16 +158,18 @@ class Link:
                 return make_rows([d[0] for d in cur.description], [row])[0]
             finally:
                 cur.close()
-                if not whole and db.in_transaction:
-                    # A transaction opened by a statement that execute() did not see as one
-                    # (a comment before BEGIN) would take other callers' statements in:
-                    # undone at once, as a pool's reset would.
-                    with contextlib.suppress(sqlite3.Error):
-                        db.execute("ROLLBACK").close()
         finally:
+            self.note_state()
             with self._lock:
-                self._current, self.since = None, 0.0
+                self._current = None
                 call.done = True
+
+    def note_state(self) -> None:
+        """Worker thread: record whether a transaction is open (or the connection closed)."""
+        try:
+            self.in_tx = self.db.in_transaction
+        except sqlite3.Error:  # ProgrammingError: closed underneath
+            self.dead = True
 
     def _batch(self, call: _Call, sql: str, rows: Any) -> None:
         db = self.db
@@ -197,35 +186,33 @@ class Link:
                     db.execute("ROLLBACK").close()
             raise
 
-    def _execute(self, call: _Call, sql: str) -> sqlite3.Cursor:
-        started = time.monotonic()
-        try:
-            return self.db.execute(sql)
-        except sqlite3.OperationalError as exc:
-            return self._wait_busy(call, exc, started, sql, ())
+    def _execute(self, call: _Call, sql: str, params: Any = ()) -> sqlite3.Cursor:
+        """Worker thread: run ``sql``, waiting for the write lock in busy slices.
 
-    def _wait_busy(
-        self, call: _Call, exc: sqlite3.OperationalError, started: float, sql: str, params: Any
-    ) -> sqlite3.Cursor:
-        """After ``exc``: run the statement again while SQLite reports BUSY after waiting a
-        whole slice, up to the busy timeout. A BUSY returned without waiting (a deadlock SQLite
-        saw) is final. Safe to repeat: a statement that got BUSY did nothing."""
+        A statement that got BUSY after waiting a whole slice is run again while the busy
+        timeout lasts, but only if the transaction state is what it was before: then it did
+        nothing (outside a transaction the implicit one was rolled back; inside one, SQLite
+        undid the statement or, for COMMIT, kept the transaction for a retry). If SQLite rolled
+        an open transaction back, or BUSY came without waiting (a deadlock SQLite saw), the
+        error is final."""
+        db = self.db
+        before = db.in_transaction
+        started = attempt = time.monotonic()
         slice_ = min(BUSY_SLICE, self.busy)
-        attempt = started
         while True:
-            now = time.monotonic()
-            if (
-                error_code(exc) not in _WAIT_CODES
-                or call.cancelled
-                or now - attempt < slice_ * 0.9
-                or now - started >= self.busy - slice_ * 0.5
-            ):
-                raise exc
-            attempt = now
             try:
-                return self.db.execute(sql, params)
-            except sqlite3.OperationalError as again:
-                exc = again
+                return db.execute(sql, params)
+            except sqlite3.OperationalError as exc:
+                now = time.monotonic()
+                if (
+                    error_code(exc) not in _WAIT_CODES
+                    or call.cancelled
+                    or db.in_transaction != before
+                    or now - attempt < slice_ * 0.9
+                    or now - started >= self.busy - slice_ * 0.5
+                ):
+                    raise
+                attempt = now
 
     def _check_file(self) -> None:
         path = cast(str, self.path)
@@ -241,25 +228,24 @@ class SQLiteConnection:
     """One lease on a pooled connection, with asyncpg's API (the uniform ``Connection``).
 
     ``backend.acquire()`` returns it as an async context manager; entering takes a connection
-    from the pool, leaving gives it back. Each call is one round trip to the worker thread.
+    from the pool for this lease alone, leaving gives it back (rolled back first if a
+    transaction is still open). Each call is one round trip to the worker thread.
     ``timeout=None`` means the backend's ``command_timeout``; past it the statement is
     interrupted and ``TimeoutError`` raised. Parameters use SQLite's paramstyles: positional
     arguments for ``?``, or one mapping for ``:name``. ``execute`` returns sqlite3's
     ``rowcount`` (rows changed; -1 for statements that change none, such as SELECT or CREATE);
     ``executemany`` runs the batch in one ``BEGIN IMMEDIATE`` transaction (all rows or none,
-    like asyncpg's) and returns None. Single statements run in autocommit. ``execute("BEGIN
-    ...")`` holds the connection whole until the lease ends (``SQLiteBackend.begin_statements``);
-    a transaction still open then is rolled back.
+    like asyncpg's) unless a transaction is open, and returns None. Outside a transaction each
+    statement commits on its own (autocommit).
     """
 
-    __slots__ = ("_abandoned", "_backend", "_lent", "_link", "_timeout", "_whole")
+    __slots__ = ("_abandoned", "_backend", "_lent", "_link", "_timeout")
 
     def __init__(self, backend: SQLitePool, timeout: float | None) -> None:
         self._backend = backend
         self._timeout = timeout  # for acquiring
         self._link: Link | None = None
         self._abandoned: list[_Call] | None = None  # cancelled calls not yet ended
-        self._whole = False  # holds the connection exclusively (a transaction, raw use)
         self._lent = False  # handed out raw: runs with SQLite's own busy timeout
 
     async def __aenter__(self) -> SQLiteConnection:
@@ -280,11 +266,6 @@ class SQLiteConnection:
         if link is None:
             raise ValueError("no active connection")  # as aiosqlite's: nothing was sent
         return link
-
-    @property
-    def raw(self) -> aiosqlite.Connection:
-        """The aiosqlite connection."""
-        return self.link.aconn
 
     # Plain functions returning the call's coroutine: one coroutine frame less per call.
     def fetch(
@@ -308,12 +289,7 @@ class SQLiteConnection:
     def execute(
         self, query: str, *args: Any, timeout: float | None = None
     ) -> Coroutine[Any, Any, int]:
-        """Run one statement to completion; the number of rows it changed (or -1).
-
-        ``BEGIN ...`` or ``SAVEPOINT ...`` (which opens a transaction outside one) takes the
-        connection whole for the rest of the lease, as ``begin()`` does."""
-        if not self._whole and query.lstrip()[:9].upper().startswith(_OPENERS):
-            self.take_whole()
+        """Run one statement to completion; the number of rows it changed (or -1)."""
         return self._call(_EXECUTE, query, args, 0, timeout)
 
     def executemany(
@@ -324,22 +300,14 @@ class SQLiteConnection:
 
     @property
     def in_transaction(self) -> bool:
-        """Whether a transaction is open (False once the connection is closed)."""
-        with contextlib.suppress(sqlite3.Error, ValueError):
-            return self.link.db.in_transaction
-        return False
+        """Whether a transaction was open after the last statement."""
+        link = self._link
+        return link is not None and link.in_tx
 
     def is_closed(self) -> bool:
         """Whether the connection is closed (or this lease has ended)."""
         link = self._link
         return link is None or link.is_closed()
-
-    def take_whole(self) -> None:
-        """Hold the connection exclusively until this lease ends (transactions, raw use).
-
-        Statements other leases queued before run first; nobody else gets it after."""
-        self._whole = True
-        self.link.exclusive = True
 
     # -- the engine -------------------------------------------------------------------------
 
@@ -358,9 +326,9 @@ class SQLiteConnection:
         )
         try:
             if timeout is None:
-                return await link.submit(link.work, call, op, sql, params, column, self._whole)
+                return await link.submit(link.work, call, op, sql, params, column)
             async with asyncio.timeout(timeout):
-                return await link.submit(link.work, call, op, sql, params, column, self._whole)
+                return await link.submit(link.work, call, op, sql, params, column)
         except (asyncio.CancelledError, TimeoutError):
             # Cancelled or timed out: the statement must not go on without its caller. One
             # still queued never starts; a running one is interrupted, and the lease does not
@@ -372,6 +340,11 @@ class SQLiteConnection:
             raise
 
     # -- for the pool -------------------------------------------------------------------------
+
+    def clean(self, link: Link) -> bool:
+        """Whether ``link`` can go back to the pool as it is: nothing of this lease still
+        running, no transaction open, never lent raw."""
+        return not (self._abandoned or self._lent or link.in_tx)
 
     async def settle(self, link: Link) -> bool:
         """Wait until this lease's cancelled statements have ended; False if one would not."""
@@ -391,8 +364,7 @@ class SQLiteConnection:
         return True
 
     def lend(self) -> aiosqlite.Connection:
-        """The raw connection, held whole, with SQLite's own busy timeout for its user."""
-        self.take_whole()
+        """The raw connection, with SQLite's own busy timeout for its user."""
         link = self.link
         if not self._lent:
             self._lent = True
@@ -402,19 +374,35 @@ class SQLiteConnection:
                 cast(Any, link.aconn)._tx.put_nowait((None, task))
         return link.aconn
 
-    async def reset(self, link: Link) -> None:
-        """After a whole lease: the pool's busy slices again, no transaction left open."""
-        if self._lent:
-            await link.submit(set_busy, link.db, min(BUSY_SLICE, link.busy))
-        if link.db.in_transaction:
-            self._link = link
-            try:
-                await self._call(_EXECUTE, "ROLLBACK", (), 0, CLOSE_TIMEOUT)
-            finally:
-                self._link = None
-        link.exclusive = False
+    async def reset(self, link: Link) -> bool:
+        """After this lease: put ``link`` back in the pool's state (busy slices, no open
+        transaction); whether that is certain. Never raises for a database error."""
+        try:
+            if self._lent:
+                # Behind whatever the borrower left queued (FIFO); it may have done anything.
+                async with asyncio.timeout(CLOSE_TIMEOUT):
+                    await link.submit(prepare, link, min(BUSY_SLICE, link.busy))
+            elif link.in_tx:
+                self._link = link
+                try:
+                    await self._call(_EXECUTE, "ROLLBACK", (), 0, CLOSE_TIMEOUT)
+                finally:
+                    self._link = None
+        except Exception:
+            return False
+        return not (link.in_tx or self._abandoned or link.is_closed())
 
 
 def set_busy(db: sqlite3.Connection, seconds: float) -> None:
     """Worker thread: SQLite's busy timeout of ``db``."""
     db.execute(f"PRAGMA busy_timeout = {int(seconds * 1000)}").close()
+
+
+def prepare(link: Link, seconds: float) -> None:
+    """Worker thread: the pool's state, for a new connection (after ``on_connect``) or one
+    given back raw: busy slices of ``seconds``, no transaction left open."""
+    db = link.db
+    if db.in_transaction:
+        db.execute("ROLLBACK").close()
+    set_busy(db, seconds)
+    link.note_state()

@@ -1,13 +1,15 @@
 """The SQLite adapter's pool: the mechanics under ``SQLiteBackend`` (design: ``sqlite.py``).
 
-A ``Link`` (one aiosqlite connection, one worker thread) is handed to leases: an idle one, else
-the last one handed out while it takes more statements, else a new one, else the least busy,
-else the caller waits (every connection held whole by a transaction or a raw user).
+A ``Link`` (one aiosqlite connection, one worker thread) belongs to one lease at a time: an idle
+one, else a new one while there is room, else the caller queues (first come, first served) and
+a connection given back goes straight to the first in the queue. A connection goes back to
+idle only in a known clean state: nothing of its last lease running, no transaction open.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import os
@@ -22,18 +24,12 @@ import aiosqlite
 
 from .._wheel import TimeoutWheel
 from ..config import DSN, Options
-from ._sqlite_connection import BUSY_SLICE, CLOSE_TIMEOUT, Link, SQLiteConnection, set_busy
+from ._sqlite_connection import BUSY_SLICE, CLOSE_TIMEOUT, Link, SQLiteConnection, prepare
 from .base import ConnectPaused
 
 __all__ = ["PoolClosed", "SQLitePool", "dispose"]
 
 logger = logging.getLogger("resilientdb")
-
-# A busy connection takes more statements (its worker runs them back to back, cheaper than
-# one more thread contending for the GIL) up to this many in flight, unless the one running
-# has run for STALLED seconds: then a new connection opens, so readers pass a slow writer.
-PIPELINE = 64
-STALLED = 0.05
 
 
 class PoolClosed(ConnectionError):
@@ -73,127 +69,146 @@ class SQLitePool:
         self._closed = False
         self._generation = 0
         self._opening = 0  # connections being opened, counted against max_size
-        self._idle: list[Link] = []  # no lease on them
+        self._idle: list[Link] = []  # no lease on them; clean
         self._all: set[Link] = set()
-        self._waiters: list[asyncio.Future[None]] = []  # every connection held whole
-        self._hot: Link | None = None  # the last connection handed out
+        # Callers waiting for a connection, in order: each gets a Link handed over, or None
+        # ("there is room now: open one, or look again").
+        self._waiters: collections.deque[asyncio.Future[Link | None]] = collections.deque()
         self._tasks: set[asyncio.Task[None]] = set()
         self._drained: asyncio.Event | None = None  # set by close(): every connection retired
 
+    # -- handing out --------------------------------------------------------------------------
+
     def _checkout_now(self) -> Link | None:
-        """The hot path: an idle connection, else the last one handed out if it can take one
-        more statement; None: ``_checkout`` decides (and may wait)."""
+        """The hot path: an idle connection; None: ``_checkout`` decides (and may wait)."""
         idle = self._idle
-        if idle and not self._closed:
+        while idle and not self._closed:
             link = idle.pop()
-            if link.generation == self._generation:
-                link.users = 1
-                self._hot = link
+            if self._usable(link):
                 return link
             self._retire(link)
-            return None
-        hot = self._hot
-        if (
-            hot is not None
-            and hot.users < PIPELINE
-            and not (hot.exclusive or hot.discarded or self._closed)
-            and hot.generation == self._generation
-            and not _stalled(hot)
-        ):
-            hot.users += 1
-            return hot
         return None
 
     async def _checkout(self, timeout: float | None) -> Link:
-        link = await self._checkout_busy(timeout)
-        self._hot = link
-        return link
-
-    async def _checkout_busy(self, timeout: float | None) -> Link:
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
         while True:
             if self._closed or not self._opened:
                 raise PoolClosed("the SQLite connection pool is closed")
-            shared = min(
-                (k for k in self._all if not (k.exclusive or k.discarded) and self._fit(k)),
-                key=_users,
-                default=None,
-            )
-            room = len(self._all) + self._opening < self._max
-            if room and (shared is None or shared.users >= PIPELINE or _stalled(shared)):
-                if not self._may_connect():
-                    raise ConnectPaused("the supervisor is reconnecting; no new connections now")
-                self._opening += 1
-                try:
-                    link = await self._open()
-                finally:
-                    self._opening -= 1
-                link.users = 1
+            link = self._checkout_now()
+            if link is not None:
                 return link
-            if shared is not None:
-                shared.users += 1
-                return shared
-            # Every connection is held whole (transactions, raw use): wait for one.
-            waiter = loop.create_future()
-            self._waiters.append(waiter)
-            try:
-                if deadline is None:
-                    await waiter
+            if len(self._all) + self._opening < self._max:
+                return await self._open_pooled()
+            link = await self._wait(deadline)
+            if link is not None:
+                if self._usable(link) and not self._closed:
+                    return link
+                self._retire(link)
+
+    async def _open_pooled(self) -> Link:
+        if not self._may_connect():
+            raise ConnectPaused("the supervisor is reconnecting; no new connections now")
+        self._opening += 1
+        try:
+            link = await self._open()
+        except BaseException:
+            self._wake_one()  # the room is free again
+            raise
+        finally:
+            self._opening -= 1
+        if self._closed:
+            self._retire(link)
+            raise PoolClosed("the SQLite connection pool is closed")
+        return link
+
+    async def _wait(self, deadline: float | None) -> Link | None:
+        """Queue for a connection: one handed over, or None when there is room to open one."""
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[Link | None] = loop.create_future()
+        self._waiters.append(waiter)
+        try:
+            if deadline is None:
+                return await waiter
+            return await self._wheel.wait(waiter, max(deadline - loop.time(), 0.0))
+        except BaseException:
+            # Timed out or cancelled: what was handed over meanwhile goes to the next one.
+            if waiter.done() and not waiter.cancelled():
+                link = waiter.result()
+                if link is None:
+                    self._wake_one()
                 else:
-                    await self._wheel.wait(waiter, max(deadline - loop.time(), 0.0))
-            finally:
-                with contextlib.suppress(ValueError):
-                    self._waiters.remove(waiter)
+                    self._give(link)
+            raise
+        finally:
+            with contextlib.suppress(ValueError):
+                self._waiters.remove(waiter)
+
+    # -- giving back ---------------------------------------------------------------------------
 
     def _checkin_now(self, link: Link, lease: SQLiteConnection) -> bool:
         """The hot path of giving a connection back; False: ``_checkin`` must do it."""
-        if lease._abandoned or lease._whole:
+        if not lease.clean(link):
             return False
         self._release(link)
         return True
 
     async def _checkin(self, link: Link, lease: SQLiteConnection) -> None:
-        fit = False
+        """Settle what the lease left running and roll back what it left open; a connection
+        whose state is not certain afterwards is retired, never handed out again."""
+        clean = False
         try:
             if lease._abandoned and not await lease.settle(link):
-                link.discarded = True  # an interrupted statement would not end: replace it
-            fit = self._fit(link)
-            if fit and lease._whole:
-                try:
-                    await lease.reset(link)
-                except Exception:
-                    fit = False  # rolled back or not, it is not fit for the next caller
+                return  # an interrupted statement would not end: replace the connection
+            if self._fit(link):
+                clean = await lease.reset(link)
         finally:
-            if lease._whole:
-                link.exclusive = False
-                self._wake()
-            if not fit:
+            if not clean:
                 link.discarded = True
             self._release(link)
 
     def _release(self, link: Link) -> None:
-        link.users -= 1
-        if link.users == 0:
-            if self._fit(link):
-                link.idle_since = now = time.monotonic()
-                self._idle.append(link)
-                self._trim_stale(now)
-            else:
-                self._retire(link)
-            if self._waiters:
-                self._wake()
+        if self._fit(link):
+            self._give(link)
+        else:
+            self._retire(link)
 
-    def _fit(self, link: Link) -> bool:
-        if self._closed or link.is_closed():
-            return False
-        # :memory:'s one connection is the database: it stays while it is open.
-        return self.memory or (not link.discarded and link.generation == self._generation)
+    def _give(self, link: Link) -> None:
+        """A clean connection to the first caller waiting, else to the idle list."""
+        waiters = self._waiters
+        while waiters:
+            waiter = waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(link)
+                return
+        link.idle_since = now = time.monotonic()
+        self._idle.append(link)
+        self._trim_stale(now)
 
-    def _wake(self) -> None:
-        for waiter in self._waiters:
+    def _wake_one(self) -> None:
+        """There is room for one more connection: tell the first caller waiting."""
+        waiters = self._waiters
+        while waiters:
+            waiter = waiters.popleft()
             if not waiter.done():
                 waiter.set_result(None)
+                return
+
+    def _wake_all(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def _usable(self, link: Link) -> bool:
+        """May be handed out: not discarded, of the current generation (:memory:'s one
+        connection is the database: any generation). A connection closed underneath is handed
+        out all the same: its closed error is what tells the supervisor to reconnect."""
+        return not link.discarded and (self.memory or link.generation == self._generation)
+
+    def _fit(self, link: Link) -> bool:
+        """May go back to the pool."""
+        return not (self._closed or link.is_closed()) and self._usable(link)
 
     def _trim_stale(self, now: float) -> None:
         max_idle, idle = self.options.max_idle, self._idle
@@ -201,6 +216,8 @@ class SQLitePool:
             return
         while idle and len(self._all) > self._min and now - idle[0].idle_since > max_idle:
             self._retire(idle.pop(0))
+
+    # -- opening and closing -------------------------------------------------------------------
 
     async def _open(self, *, hook: bool = True, pooled: bool = True) -> Link:
         """A new connection, bounded by ``connect_timeout`` (on_connect hook included)."""
@@ -222,15 +239,17 @@ class SQLitePool:
                 ident = await cast(Any, aconn)._execute(self._setup, db)
                 if hook and self.options.on_connect is not None:
                     await self.options.on_connect(aconn)
-                await cast(Any, aconn)._execute(set_busy, db, min(BUSY_SLICE, self._busy))
+                link = Link(
+                    aconn, ident, self._path, self._busy, self.options.command_timeout,
+                    self._generation,
+                )  # fmt: skip
+                # Busy slices; a transaction the hook left open would swallow the next lease.
+                await cast(Any, aconn)._execute(prepare, link, min(BUSY_SLICE, self._busy))
         except BaseException:
             await asyncio.shield(self._spawn(dispose(aconn)))
             raise
         self._may_create = False
         self._reopened = self._reopened or pooled
-        link = Link(
-            aconn, ident, self._path, self._busy, self.options.command_timeout, self._generation
-        )
         if pooled:
             self._all.add(link)
         return link
@@ -254,7 +273,7 @@ class SQLitePool:
             if not self._all and self._drained is not None:
                 self._drained.set()
             if self._waiters:
-                self._wake()  # room for a new connection
+                self._wake_one()  # room for a new connection
 
     def _spawn(self, coro: Any) -> asyncio.Task[None]:
         task: asyncio.Task[None] = asyncio.create_task(coro, name="resilientdb-sqlite-close")
@@ -267,36 +286,37 @@ class SQLitePool:
             await asyncio.wait(set(self._tasks), timeout=timeout)
 
 
-def _users(link: Link) -> int:
-    return link.users
-
-
-def _stalled(link: Link) -> bool:
-    since = link.since
-    return bool(since) and time.monotonic() - since >= STALLED
-
-
 def _worker(aconn: aiosqlite.Connection) -> threading.Thread | None:
     thread = getattr(aconn, "_thread", None)
     return thread if isinstance(thread, threading.Thread) else None
 
 
 async def dispose(aconn: aiosqlite.Connection) -> None:
-    """Close ``aconn`` and join its thread, bounded; safe in any state, idempotent."""
+    """Close ``aconn`` and join its thread, bounded; safe in any state, idempotent.
+
+    aiosqlite's own ``close()`` is not safe against a second closer: whichever stops the thread
+    second waits forever for a thread that has gone. So the connection is marked closed at
+    once (a later ``aconn.close()`` returns immediately), the sqlite3 connection is closed on
+    its thread behind whatever is queued, and the thread is stopped only if a ``close()``
+    already in flight did not stop it meanwhile."""
     a = cast(Any, aconn)
-    db = a._connection
+    db, a._connection = a._connection, None
     if db is not None:
         with contextlib.suppress(Exception):
             db.interrupt()  # a statement still running would hold the close up
-    if a._running:
-        stopped = aconn.stop()  # closes the sqlite3 connection on its thread, then ends it
-        if stopped is not None:
-            await asyncio.wait({stopped}, timeout=CLOSE_TIMEOUT)
     thread = _worker(aconn)
     if thread is None or thread.ident is None:
         return  # never started
     loop = asyncio.get_running_loop()
     deadline = loop.time() + CLOSE_TIMEOUT
+    if a._running and db is not None:
+        closed = loop.create_future()
+        a._tx.put_nowait((closed, db.close))
+        await asyncio.wait({closed}, timeout=CLOSE_TIMEOUT)
+        # A close() queued before ours has had its result first: its stop() runs now.
+        await asyncio.sleep(0)
+    if a._running:
+        aconn.stop()  # finds no connection left: only ends the thread
     while thread.is_alive():
         if loop.time() >= deadline:
             logger.warning("resilientdb: an aiosqlite worker thread did not end in time")

@@ -17,29 +17,31 @@ each, opened on demand up to ``max_size``. Every connection:
 - runs in WAL mode (``?journal_mode=`` picks another), so readers run beside the writer, and
   in autocommit (``isolation_level=None``): each statement is its own transaction.
 
-Pooling: a call takes an idle connection, else queues its statement on a busy one (each worker
-runs what it is given in order, as one aiosqlite connection shared by many tasks does, which
-costs far less than one more thread contending for the GIL), unless that one has 64 statements
-queued or has been running one for 50 ms: then it opens another, so readers pass a slow or
-waiting writer. A transaction (``execute("BEGIN ...")``, as ``begin_statements`` gives) or the
-raw connection of ``db.acquire()`` holds its connection whole until the lease ends; one
-released inside a transaction is rolled back. Once every connection is held whole, callers
-wait (``acquire_timeout``).
+Pooling: one lease holds one connection, alone, like any pool: an idle connection, else a new
+one up to ``max_size``, else the caller queues (``acquire_timeout``; first come, first served).
+A connection goes back to the pool only in a known state: nothing of its lease still running,
+no transaction open (one left open is rolled back; if that fails, or the state is not certain,
+the connection is closed and replaced). So a statement never runs inside another caller's
+transaction, and a result reported to a caller is never undone by the adapter afterwards.
 
 Concurrent writers: SQLite has one write lock per file. A writer that finds it taken waits up
 to the busy timeout (``?timeout=`` or ``connect_kwargs["timeout"]``, seconds, default 5), in
 slices of 100 ms so that a cancelled or timed-out caller stops waiting promptly (SQLite's
-``interrupt()`` does not end a busy wait). Past it, ``SQLITE_BUSY`` is RETRYABLE: the
-statement did nothing, and the supervisor runs it again after a backoff (``max_replays``).
+``interrupt()`` does not end a busy wait). A slice is run again only while the transaction
+state is what it was before the statement, which means the statement did nothing; if SQLite
+rolled an open transaction back, the BUSY error is final. Past the busy timeout
+``SQLITE_BUSY`` is RETRYABLE: the statement did nothing, and the supervisor runs it again
+after a backoff (``max_replays``).
 The raw connection and the ``on_connect`` hook wait the whole busy timeout, SQLite's way.
 
-``:memory:`` is one shared connection (a new connection would be a new, empty database): the
-pool size is 1, ``refresh()`` and ``discard()`` keep it while it is open, and once it is
-closed nothing brings its data back; the next connection is a new, empty database (logged).
+``:memory:`` is one connection (a new connection would be a new, empty database): the pool
+size is 1, callers take turns on it, ``refresh()`` and ``discard()`` keep it while it is open
+and in a known state, and once it is closed nothing brings its data back; the next connection
+is a new, empty database (logged).
 
 Cancellation: a caller cancelled (or timed out) mid-statement interrupts its statement on the
 worker thread (``sqlite3.Connection.interrupt``, only while that statement is the one
-running), waits until it has ended before its lease ends, and a statement still queued when
+running), and its lease does not end before the statement has; a statement still queued when
 its caller gave up never starts.
 
 aiosqlite has no public way to run a function on its thread or to join the thread: this uses
@@ -255,7 +257,7 @@ class SQLiteBackend(SQLitePool):
 
     async def close(self) -> None:
         self._closed = True
-        self._wake()
+        self._wake_all()
         for link in self._idle:
             self._retire(link)
         self._idle.clear()
@@ -287,9 +289,10 @@ class SQLiteBackend(SQLitePool):
         return cast(SQLiteConnection, conn).lend()
 
     def discard(self, conn: Connection) -> None:
-        # An interrupted statement has ended before its lease does (settle), so the state is
-        # known; still, a file connection is replaced, as promised. :memory:'s connection is
-        # the database itself: it is kept while it is open.
+        # An interrupted statement has ended before its lease does (settle), and a connection
+        # goes back only without an open transaction; still, a file connection is replaced, as
+        # promised. :memory:'s connection is the database itself: it is kept while it is in a
+        # known state (the pool retires it otherwise).
         link = cast(SQLiteConnection, conn)._link
         if link is not None and not self.memory:
             link.discarded = True
