@@ -165,7 +165,11 @@ class Monitor:
             elif action is Action.RETRY:
                 self._next_delay = self.options.backoff.delay(self.attempts, self._rng)
             elif action is Action.SLOW_PROBE:
-                self._next_delay = self.options.failed_probe_interval
+                # Ramp up to the slow interval: a glitch that clears within a second (a file
+                # moved back, a credential fixed) heals within a second; a lasting failure is
+                # probed every failed_probe_interval.
+                ramp = max(self.options.backoff.initial, 0.05) * 2.0 ** min(self.attempts, 30)
+                self._next_delay = min(self.options.failed_probe_interval, ramp)
         if new is not old:
             self._set_state(new)
             self._announce(old, new, cause)

@@ -223,7 +223,8 @@ class Options:
     max_downtime: float | None = None
     """Seconds of reconnecting before giving up (FAILED); ``None``: no limit."""
     failed_probe_interval: float = 5.0
-    """While FAILED, the supervisor probes this often so that the service heals itself."""
+    """While FAILED, the supervisor keeps probing so the service heals itself: quickly at
+    first (doubling from the backoff's first delay), then every this many seconds."""
     max_idle: float | None = 300.0
     """Idle connections older than this are closed (``None``: never)."""
     max_lifetime: float | None = 3600.0

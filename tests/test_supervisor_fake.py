@@ -396,3 +396,17 @@ async def test_commit_lost_before_or_after_sending() -> None:
         with pytest.raises(OutcomeUnknown):
             await sup.db.run_in_transaction(lost_commit)
         assert sup.stats()["default"]["outcome_unknown"] == 1
+
+
+async def test_failed_probes_ramp_up_to_the_slow_interval() -> None:
+    sup, backend = make(failed_probe_interval=0.4, backoff=Backoff(initial=0.02, maximum=0.05))
+    backend.permanent = True
+    async with sup:
+        assert sup.state is State.FAILED
+        await asyncio.sleep(0.45)
+        early = backend.opens  # after 100 and 200 ms: a short glitch heals fast
+        assert early >= 3
+        await asyncio.sleep(0.8)
+        assert backend.opens - early <= 3  # ...then no more often than every 0.4 s
+        backend.permanent = False
+        await sup.wait_until_connected(timeout=1)
