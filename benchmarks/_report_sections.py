@@ -209,29 +209,34 @@ def memory_section(data: dict[str, Any]) -> str:
 
 def ledger_section(data: dict[str, Any]) -> str:
     """The ledger run (``benchmarks/ledger.py``): money moved under a schedule of faults."""
-    pg = data.get("postgres") or {}
     lines = [
         "## 5. Ledger under fire",
         "",
-        f"`benchmarks/ledger.py` on PostgreSQL: workers move money and insert rows while "
-        f"{len(pg.get('faults', {}))} faults fire (proxy resets, partitions, restarts, "
-        "pg_terminate_backend, lock contention); then the database is reconciled against "
-        "what every client saw.",
-        "",
-        "| operation | ok | outcome unknown | unavailable | lost | duplicated |",
-        "|---|---|---|---|---|---|",
+        "`benchmarks/ledger.py`: workers move money and insert rows while faults fire (network "
+        "databases: proxy resets, partitions, restarts, killed connections, lock contention; "
+        "SQLite: another process holding the write lock, connections closed underneath, the "
+        "file moved away and back); then the database is reconciled against what every "
+        "client saw.",
     ]
-    for op, c in pg.get("kind_counts", {}).items():
-        lines.append(
-            f"| {op} | {c['ok']:,} | {c['unknown']} | {c['unavailable']} | {c['lost']} "
-            f"| {c['duplicated']} |"
-        )
-    lines += [
-        "",
-        f"Balance {pg.get('balance_total')} (expected {pg.get('expected_total')}); replays "
-        f"{pg.get('replays')}; unexpected errors {len(pg.get('errors') or {})}; "
-        f"clean: {'yes' if pg.get('clean') else '**no**'}.",
-    ]
+    for backend, run in data.items():
+        lines += [
+            "",
+            f"### {backend} ({len(run.get('faults', {}))} faults fired)",
+            "",
+            "| operation | ok | outcome unknown | unavailable | lost | duplicated |",
+            "|---|---|---|---|---|---|",
+        ]
+        for op, c in run.get("kind_counts", {}).items():
+            lines.append(
+                f"| {op} | {c['ok']:,} | {c['unknown']} | {c['unavailable']} | {c['lost']} "
+                f"| {c['duplicated']} |"
+            )
+        lines += [
+            "",
+            f"Balance {run.get('balance_total')} (expected {run.get('expected_total')}); "
+            f"replays {run.get('replays')}; unexpected errors {len(run.get('errors') or {})}; "
+            f"clean: {'yes' if run.get('clean') else '**no**'}.",
+        ]
     return "\n".join(lines)
 
 

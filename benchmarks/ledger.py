@@ -1,8 +1,10 @@
 """The large ledger run: many workers move money while faults fire on a schedule, then the
 database is reconciled against what every client saw (see tests/ledger.py for the rules).
 
-``python -m benchmarks.ledger [--duration 120] [--workers 32]``. Prints the reconciliation
-table and writes benchmarks/results/ledger.json. Exits non-zero on any loss or duplicate.
+``python -m benchmarks.ledger [--duration 120] [--workers 32] [--backends postgres,mysql,sqlite]``
+runs it on each backend in turn, each with its own throwaway server (SQLite: a temp file) and
+the fault schedule of tests/test_ledger.py repeated every 20 s. Prints the reconciliation
+tables and writes benchmarks/results/ledger.json. Exits non-zero on any loss or duplicate.
 """
 
 from __future__ import annotations
@@ -10,15 +12,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+import tempfile
 from dataclasses import asdict
+from pathlib import Path
 
 from benchmarks._common import write_json
-from resilientdb import Backoff, Supervisor
-from resilientdb.config import parse_dsn, with_host
-from resilientdb.testing import FaultProxy
-from tests.ledger import POSTGRES, Fault, Ledger
-from tests.servers import PostgresServer
-from tests.test_ledger import postgres_faults
+from tests.ledger import MYSQL, POSTGRES, Fault
+from tests.servers import MariaDBServer, PostgresServer
+from tests.test_ledger import mysql_faults, postgres_faults, run_sqlite, run_through_proxy
 
 
 def repeated(faults: list[Fault], period: float, duration: float) -> list[Fault]:
@@ -33,44 +34,55 @@ def repeated(faults: list[Fault], period: float, duration: float) -> list[Fault]
     return out
 
 
-async def run_postgres(duration: float, workers: int) -> dict[str, object]:
-    pg = PostgresServer()
-    try:
-        await asyncio.to_thread(pg.start)
-        async with FaultProxy(pg.host, pg.port) as proxy:
-            dsn = with_host(parse_dsn(pg.dsn()), proxy.host, proxy.port)
-            sup = Supervisor(
-                dsn,
-                max_size=10,
-                command_timeout=1.0,
-                connect_timeout=1.0,
-                gate_timeout=15,
-                backoff=Backoff(initial=0.05, maximum=0.5),
+async def run_backend(backend: str, duration: float, workers: int) -> dict[str, object]:
+    """One large run on ``backend`` ("postgres", "mysql", "sqlite"), its own server fresh."""
+
+    def schedule(faults: list[Fault]) -> list[Fault]:
+        return repeated(faults, 20.0, duration)
+
+    if backend == "sqlite":
+        with tempfile.TemporaryDirectory() as tmp:
+            report, fired = await run_sqlite(
+                Path(tmp) / "ledger.db", duration=duration, workers=workers, schedule=schedule
             )
-            async with sup:
-                ledger = Ledger(sup, POSTGRES)
-                await ledger.setup()
-                faults = repeated(postgres_faults(pg, proxy), 20.0, duration)
-                fired = await ledger.run(duration, workers, faults)
-                report = await ledger.reconcile(fired)
-    finally:
-        await asyncio.to_thread(pg.cleanup)
-    print(report.table())
+    else:
+        server = PostgresServer() if backend == "postgres" else MariaDBServer()
+        try:
+            await asyncio.to_thread(server.start)
+            report, fired = await run_through_proxy(
+                server,
+                POSTGRES if backend == "postgres" else MYSQL,
+                postgres_faults if backend == "postgres" else mysql_faults,
+                1.0 if backend == "postgres" else 2.0,
+                duration=duration,
+                workers=workers,
+                schedule=schedule,
+            )
+        finally:
+            await asyncio.to_thread(server.cleanup)
+    print(f"### {backend}\n\n{report.table()}\n")
     data = asdict(report)
     data["lost"], data["duplicated"] = len(report.lost), len(report.duplicated)
     data["applied_after_failure"] = len(report.applied_after_failure)
     data["clean"] = report.clean
+    data["faults"] = {k: str(v) for k, v in fired.items()}
     return data
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--duration", type=float, default=120.0)
+    parser.add_argument("--duration", type=float, default=120.0, help="seconds per backend")
     parser.add_argument("--workers", type=int, default=32)
+    parser.add_argument(
+        "--backends", default="postgres,mysql,sqlite", help="comma-separated subset to run"
+    )
     args = parser.parse_args(argv)
-    result = asyncio.run(run_postgres(args.duration, args.workers))
-    write_json("ledger", {"postgres": result})
-    return 0 if result["clean"] else 1
+    results = {
+        b: asyncio.run(run_backend(b, args.duration, args.workers))
+        for b in args.backends.split(",")
+    }
+    write_json("ledger", results)
+    return 0 if all(r["clean"] for r in results.values()) else 1
 
 
 if __name__ == "__main__":

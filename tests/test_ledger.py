@@ -90,12 +90,24 @@ def mysql_faults(server: MariaDBServer, proxy: FaultProxy) -> list[Fault]:
     return server_faults(server, proxy, ("killed connections", kill), lock)
 
 
-async def _run_through_proxy(
+Schedule = Callable[[list[Fault]], list[Fault]]
+
+
+def _once(faults: list[Fault]) -> list[Fault]:
+    return faults
+
+
+async def run_through_proxy(
     server: PostgresServer | MariaDBServer,
     dialect: Dialect,
     faults: Callable[[Any, FaultProxy], list[Fault]],
     command_timeout: float,
+    *,
+    duration: float = DURATION,
+    workers: int = 16,
+    schedule: Schedule = _once,
 ) -> tuple[Report, dict[str, Any]]:
+    """The ledger against ``server`` through a fault proxy; the report and the faults fired."""
     async with FaultProxy(server.host, server.port) as proxy:
         dsn = with_host(parse_dsn(server.dsn()), proxy.host, proxy.port)
         sup = Supervisor(
@@ -109,7 +121,7 @@ async def _run_through_proxy(
         async with sup:
             ledger = Ledger(sup, dialect)
             await ledger.setup()
-            fired = await ledger.run(DURATION, workers=16, faults=faults(server, proxy))
+            fired = await ledger.run(duration, workers, schedule(faults(server, proxy)))
             return await ledger.reconcile(fired), fired
 
 
@@ -121,7 +133,7 @@ def _check(report: Report, fired: dict[str, Any], min_ok: int) -> None:
 
 
 async def test_ledger_postgres(pg: PostgresServer) -> None:
-    report, fired = await _run_through_proxy(pg, POSTGRES, postgres_faults, 1.0)
+    report, fired = await run_through_proxy(pg, POSTGRES, postgres_faults, 1.0)
     _check(report, fired, 500)
     # The faults really happened.
     assert fired["proxy reset (connections)"] > 0
@@ -131,7 +143,7 @@ async def test_ledger_postgres(pg: PostgresServer) -> None:
 
 
 async def test_ledger_mysql(mariadb: MariaDBServer) -> None:
-    report, fired = await _run_through_proxy(mariadb, MYSQL, mysql_faults, 2.0)
+    report, fired = await run_through_proxy(mariadb, MYSQL, mysql_faults, 2.0)
     _check(report, fired, 300)
     assert fired["proxy reset (connections)"] > 0
     old, new = fired["server restart (old pid, new pid)"]
@@ -174,8 +186,10 @@ def sqlite_faults(sup: Supervisor, path: Path) -> list[Fault]:
     ]
 
 
-async def test_ledger_sqlite(tmp_path: Path) -> None:
-    path = tmp_path / "ledger.db"
+async def run_sqlite(
+    path: Path, *, duration: float = DURATION, workers: int = 8, schedule: Schedule = _once
+) -> tuple[Report, dict[str, Any]]:
+    """The ledger on a SQLite file, with SQLite's faults; the report and the faults fired."""
     sup = Supervisor(
         f"sqlite:///{path}",
         max_size=4,
@@ -186,8 +200,12 @@ async def test_ledger_sqlite(tmp_path: Path) -> None:
     async with sup:
         ledger = Ledger(sup, SQLITE)
         await ledger.setup()
-        fired = await ledger.run(DURATION, workers=8, faults=sqlite_faults(sup, path))
-        report = await ledger.reconcile(fired)
+        fired = await ledger.run(duration, workers, schedule(sqlite_faults(sup, path)))
+        return await ledger.reconcile(fired), fired
+
+
+async def test_ledger_sqlite(tmp_path: Path) -> None:
+    report, fired = await run_sqlite(tmp_path / "ledger.db")
     _check(report, fired, 300)
     assert fired["write lock held by another process (exit code)"] == 0
     assert fired["connections closed underneath"] > 0
