@@ -51,8 +51,9 @@ def write(out: Path = RESULTS) -> Path:
         f"Measured {meta.get('date', datetime.date.today().isoformat())} with `make bench` "
         f"({meta.get('duration_s', '?')} s) on a shared {os.cpu_count()}-core machine "
         f"({platform.python_implementation()} {platform.python_version()}, "
-        f"{platform.system()}) while other engineers ran test suites on it: the absolute "
-        "figures are noisy; the ratios, measured in interleaved rounds, are what to compare. "
+        f"{platform.system()}) that also runs the database servers: the absolute figures "
+        "are noisy; the ratios, measured in interleaved rounds, are what to compare. "
+        "(The ledger section may come from a longer `python -m benchmarks.ledger` run.) "
         "Every server is a throwaway PostgreSQL / MariaDB started by the benchmark on a "
         "loopback port; faults go through resilientdb's FaultProxy. Raw data: `results/*.json`.",
         "",
