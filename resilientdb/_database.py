@@ -22,7 +22,6 @@ from ._states import State
 from ._transaction import Transaction
 from .backends.base import Connection, ErrorKind
 from .errors import DatabaseUnavailable, OutcomeUnknown
-from .events import OperationReplayed
 from .health import HealthReport
 from .health import check as check_health
 
@@ -356,16 +355,7 @@ class Database:
             raise DatabaseUnavailable(
                 f"backend {self.name!r}: {op} reached its deadline: {describe(cause)}"
             ) from cause
-        self._monitor.replays += 1
-        self._monitor.bus.emit(
-            OperationReplayed(
-                backend=self.name,
-                operation=op,
-                replay=replays,
-                reason=type(cause).__name__,
-                cause=describe(cause),
-            )
-        )
+        self._monitor.replayed(op, replays, cause)
 
     async def health(self, timeout: float | None = None) -> HealthReport:
         """This backend's :class:`HealthReport` (see ``Supervisor.health``); never raises for

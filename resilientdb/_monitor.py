@@ -32,6 +32,7 @@ from .events import (
     Disconnected,
     ErrorOccurred,
     EventBus,
+    OperationReplayed,
     Reconnected,
     ReconnectFailed,
     Reconnecting,
@@ -140,6 +141,19 @@ class Monitor:
             self._suspect = True
             if self._wakeup is not None:
                 self._wakeup.set()
+
+    def replayed(self, operation: str, replay: int, cause: BaseException) -> None:
+        """Count a replay and announce it (``OperationReplayed``)."""
+        self.replays += 1
+        self.bus.emit(
+            OperationReplayed(
+                backend=self.name,
+                operation=operation,
+                replay=replay,
+                reason=type(cause).__name__,
+                cause=describe(cause),
+            )
+        )
 
     def _error(self, operation: str, exc: BaseException) -> None:
         text = describe(exc)

@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from ._redact import describe
 from .backends.base import Connection, ErrorKind
 from .errors import DatabaseUnavailable, OutcomeUnknown, TransactionLost
-from .events import OperationReplayed
 
 if TYPE_CHECKING:
     from ._database import Database
@@ -235,14 +234,5 @@ async def run_in_transaction(
             raise DatabaseUnavailable(
                 f"backend {db.name!r}: transaction reached its deadline: {describe(cause)}"
             ) from cause
-        db._monitor.replays += 1
-        db._monitor.bus.emit(
-            OperationReplayed(
-                backend=db.name,
-                operation="run_in_transaction",
-                replay=attempt,
-                reason=type(cause).__name__,
-                cause=describe(cause),
-            )
-        )
+        db._monitor.replayed("run_in_transaction", attempt, cause)
         await asyncio.sleep(db._options.backoff.delay(attempt))

@@ -22,44 +22,18 @@ from typing import TYPE_CHECKING, Any, cast
 import aiosqlite
 
 from .._row import Row, make_rows
+from ._sqlite_errors import _WAIT_CODES, DatabaseFileMoved, error_code
 
 if TYPE_CHECKING:
     from ._sqlite_pool import SQLitePool
 
-__all__ = ["DatabaseFileMoved", "Link", "SQLiteConnection", "error_code", "prepare"]
+__all__ = ["Link", "SQLiteConnection", "prepare"]
 
 CLOSE_TIMEOUT = 5.0
 SETTLE_TIMEOUT = 2.0  # waiting for an interrupted statement to end before giving up on it
 BUSY_SLICE = 0.1  # SQLite's busy wait cannot be interrupted: wait in slices this long
 FILE_CHECK_INTERVAL = 0.05  # os.stat costs twice a trivial SELECT: at most this often
-# Busy results that mean "SQLite waited and the lock is still taken": worth another slice.
-_WAIT_CODES = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_BUSY_RECOVERY, 773})
 _FETCH, _FETCHROW, _FETCHVAL, _EXECUTE, _MANY = range(5)
-
-
-def error_code(exc: BaseException) -> int | None:
-    """The (extended) SQLite result code of ``exc``, from its code or else its name."""
-    code = getattr(exc, "sqlite_errorcode", None)
-    if isinstance(code, int):
-        return code
-    name = getattr(exc, "sqlite_errorname", None)
-    if isinstance(name, str) and name.startswith("SQLITE_"):
-        value = getattr(sqlite3, name, None)
-        return value if isinstance(value, int) else None
-    return None
-
-
-class DatabaseFileMoved(sqlite3.OperationalError):
-    """The database file is no longer at its path (moved, deleted or replaced).
-
-    Raised before the statement runs (so it is replayed safely); classified CONNECTION, as
-    ``SQLITE_READONLY_DBMOVED``, whose code it carries.
-    """
-
-    def __init__(self, path: str) -> None:
-        super().__init__(f"the database file {path!r} was moved, deleted or replaced")
-        self.sqlite_errorcode = sqlite3.SQLITE_READONLY_DBMOVED
-        self.sqlite_errorname = "SQLITE_READONLY_DBMOVED"
 
 
 class _Call:

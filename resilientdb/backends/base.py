@@ -23,6 +23,7 @@ __all__ = [
     "Maintains",
     "PoolStats",
     "TrimsIdle",
+    "with_closed_flag",
 ]
 
 
@@ -174,3 +175,15 @@ class Maintains(Protocol):
         """Ping idle connections, retire expired ones, top up to ``min_size``; return how
         many idle connections were found dead (the supervisor then checks the server)."""
         ...
+
+
+def with_closed_flag(kind: ErrorKind, conn: Connection | None) -> ErrorKind:
+    """``kind``, except that an unfamiliar (QUERY) error on a connection that is now closed
+    is a lost connection: DESIGN.md decides "connection lost" from the closed flag too."""
+    if kind is ErrorKind.QUERY and conn is not None:
+        try:
+            if conn.is_closed():
+                return ErrorKind.CONNECTION
+        except Exception:  # a proxy already detached from its connection: no verdict
+            pass
+    return kind

@@ -53,7 +53,7 @@ from .._redact import register_secret
 from ..config import DSN, Options
 from ._mysql_connection import MySQLConnection, driver_kwargs, quit_raw
 from ._mysql_pool import Pool
-from .base import Connection, ErrorKind, PoolStats
+from .base import Connection, ErrorKind, PoolStats, with_closed_flag
 
 __all__ = ["CODE_KINDS", "MySQLBackend", "MySQLConnection", "classify_error"]
 
@@ -217,13 +217,7 @@ class MySQLBackend:
     # -- errors -------------------------------------------------------------------------------
 
     def classify(self, exc: BaseException, conn: Connection | None = None) -> ErrorKind:
-        kind = classify_error(exc)
-        if kind is Q and conn is not None:
-            # An unfamiliar error on a connection that is now closed is a lost connection.
-            with contextlib.suppress(Exception):
-                if conn.is_closed():
-                    return C
-        return kind
+        return with_closed_flag(classify_error(exc), conn)
 
     def classify_connect(self, exc: BaseException) -> ErrorKind:
         kind = classify_error(exc)

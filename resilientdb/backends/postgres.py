@@ -22,7 +22,16 @@ from .._redact import register_secret
 from .._wheel import TimeoutWheel
 from ..config import DSN, Options
 from ._sockets import tune_transport
-from .base import Backend, Connection, ConnectPaused, ErrorKind, Maintains, PoolStats, TrimsIdle
+from .base import (
+    Backend,
+    Connection,
+    ConnectPaused,
+    ErrorKind,
+    Maintains,
+    PoolStats,
+    TrimsIdle,
+    with_closed_flag,
+)
 
 __all__ = ["SQLSTATE_KINDS", "PostgresBackend", "classify_error"]
 
@@ -220,13 +229,7 @@ class PostgresBackend:
             cast("asyncpg.Connection[asyncpg.Record]", conn).terminate()
 
     def classify(self, exc: BaseException, conn: Connection | None = None) -> ErrorKind:
-        kind = classify_error(exc)
-        if kind is ErrorKind.QUERY and conn is not None:
-            # An unfamiliar error on a connection that is now closed is a lost connection.
-            with contextlib.suppress(Exception):
-                if conn.is_closed():
-                    return C
-        return kind
+        return with_closed_flag(classify_error(exc), conn)
 
     def classify_connect(self, exc: BaseException) -> ErrorKind:
         kind = classify_error(exc)

@@ -63,15 +63,10 @@ import aiosqlite
 
 from ..config import DSN, Options
 from ..errors import ConfigurationError
-from ._sqlite_connection import (
-    CLOSE_TIMEOUT,
-    DatabaseFileMoved,
-    Link,
-    SQLiteConnection,
-    error_code,
-)
+from ._sqlite_connection import CLOSE_TIMEOUT, Link, SQLiteConnection
+from ._sqlite_errors import DatabaseFileMoved, error_code
 from ._sqlite_pool import PoolClosed, SQLitePool, dispose
-from .base import Connection, ConnectPaused, ErrorKind, PoolStats
+from .base import Connection, ConnectPaused, ErrorKind, PoolStats, with_closed_flag
 
 __all__ = [
     "EXTENDED_KINDS",
@@ -298,12 +293,7 @@ class SQLiteBackend(SQLitePool):
             link.discarded = True
 
     def classify(self, exc: BaseException, conn: Connection | None = None) -> ErrorKind:
-        kind = classify_error(exc)
-        if kind is Q and conn is not None:
-            with contextlib.suppress(Exception):
-                if conn.is_closed():
-                    return C
-        return kind
+        return with_closed_flag(classify_error(exc), conn)
 
     def classify_connect(self, exc: BaseException) -> ErrorKind:
         kind = classify_error(exc)
