@@ -19,7 +19,9 @@ from .errors import (
     Overloaded,
     ResilientDBError,
     SupervisorClosed,
+    TransactionClosed,
     TransactionLost,
+    TransactionRolledBack,
 )
 from .health import BackendHealth, HealthReport, HealthStatus
 
@@ -42,7 +44,9 @@ __all__ = [
     "State",
     "Supervisor",
     "SupervisorClosed",
+    "TransactionClosed",
     "TransactionLost",
+    "TransactionRolledBack",
     "__version__",
     "events",
 ]

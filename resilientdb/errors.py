@@ -13,7 +13,9 @@ __all__ = [
     "Overloaded",
     "ResilientDBError",
     "SupervisorClosed",
+    "TransactionClosed",
     "TransactionLost",
+    "TransactionRolledBack",
 ]
 
 
@@ -50,6 +52,27 @@ class TransactionLost(ResilientDBError):
     """The connection died inside ``db.transaction()``: the server rolled the transaction back."""
 
 
+class TransactionRolledBack(ResilientDBError):
+    """The server rolled the transaction back on its own: nothing of it was written.
+
+    A statement inside the transaction failed, the caller caught its error and carried on,
+    and the server had already aborted the transaction: PostgreSQL answers COMMIT with
+    ROLLBACK, MySQL/MariaDB roll the whole transaction back on a deadlock, SQLite on some
+    errors. Raised at COMMIT, or at the next statement of the handle when the driver already
+    knows. The statement error that aborted the transaction is chained as ``__cause__`` when
+    it is known. Never replayed silently: ``run_in_transaction`` runs the callable again only
+    when that error was a lost race (deadlock, serialization failure).
+    """
+
+
+class TransactionClosed(ResilientDBError):
+    """A transaction handle was used after its ``async with`` block ended.
+
+    Nothing was sent and no connection was touched: the handle's connection may already
+    serve another caller. Raised by every call on a used-up handle.
+    """
+
+
 class SupervisorClosed(ResilientDBError):
     """The supervisor is closed (or was never started): no call can go through it."""
 
@@ -62,6 +85,8 @@ for _cls in (
     OutcomeUnknown,
     TransactionLost,
     SupervisorClosed,
+    TransactionClosed,
+    TransactionRolledBack,
 ):
     # Shown as resilientdb.OutcomeUnknown in tracebacks: the public name, not the module path.
     _cls.__module__ = "resilientdb"
