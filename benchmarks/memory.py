@@ -28,7 +28,7 @@ from typing import Any
 import psutil
 
 from benchmarks._common import Settings, now, parser, quiet_logs, settings, write_json
-from resilientdb import Backoff, Supervisor
+from resilientdb import Backoff, State, Supervisor
 
 MB = 1024 * 1024
 GROWTH_LIMIT_MB = 5.0
@@ -52,7 +52,8 @@ def _fake_supervisor(max_waiters: int) -> Any:
         max_waiters=max_waiters,
         gate_timeout=300,
         memory_watchdog=False,
-        backoff=Backoff(initial=0.05, maximum=0.2),
+        # A failed check counts as the first attempt: the next probe waits `initial`.
+        backoff=Backoff(initial=0.001, maximum=0.2),
     )
 
 
@@ -144,7 +145,12 @@ async def _cycles(sup: Any, count: int) -> int:
         generation = monitor.generation
         backend.up = False
         caller = asyncio.create_task(db.fetchval("SELECT 1"))
-        await asyncio.sleep(0)  # the caller's acquire fails: it reports the loss and waits
+        # The caller's acquire fails and it reports the loss; the monitor's check finds the
+        # server down and starts reconnecting (a blip healed before the check is no outage).
+        for _ in range(1000):
+            if db.state is not State.CONNECTED:
+                break
+            await asyncio.sleep(0)
         backend.up = True
         async with asyncio.timeout(10):
             await caller  # it went through the gate: the backend is connected again

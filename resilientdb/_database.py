@@ -1,35 +1,31 @@
 """Database: the calls a service makes, each through the gate, replayed only when safe.
 
-The hot path (state CONNECTED, no failure) is: one state check, the pool's acquire, the
-driver's call. No lock, no extra await, no clock read unless the call passed ``timeout=``.
-Everything else (classification, reports to the monitor, replay decisions) runs only after
-an exception.
+The machinery is in ``_engine.py`` (single calls) and ``_tx_block.py`` (transactions); this
+module is the public face. Inside an open ``db.transaction()`` block, calls made on the same
+``Database`` by the same task join that transaction (a context variable, as encode/databases
+does); other tasks are unaffected.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import contextvars
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, TypeVar
 
-from . import _transaction as _tx
+from . import _tx_block
+from ._engine import Engine, deadline_after
 from ._monitor import Monitor
-from ._redact import describe
-from ._replay import may_replay
 from ._states import State
 from ._transaction import Transaction
-from .backends.base import Connection, ErrorKind
-from .errors import DatabaseUnavailable, OutcomeUnknown
+from .backends.base import ErrorKind
 from .health import HealthReport
 from .health import check as check_health
 
 T = TypeVar("T")
 
 __all__ = ["Database"]
-
-_CONNECTED = State.CONNECTED
 
 
 class Database:
@@ -42,14 +38,25 @@ class Database:
     untouched, in its own paramstyle.
     """
 
-    __slots__ = ("_backend", "_gate", "_monitor", "_options", "name")
+    __slots__ = ("_backend", "_engine", "_gate", "_monitor", "_options", "_tx_var", "name")
 
     def __init__(self, monitor: Monitor) -> None:
         self._monitor = monitor
         self._gate = monitor.gate
         self._backend = monitor.backend
         self._options = monitor.options
+        self._engine = Engine(monitor)
         self.name = monitor.name
+        # The transaction a task has open on this backend (see the module docstring).
+        self._tx_var: contextvars.ContextVar[tuple[asyncio.Task[Any] | None, Transaction] | None]
+        self._tx_var = contextvars.ContextVar(f"resilientdb-tx-{monitor.name}", default=None)
+
+    def _joined_transaction(self) -> Transaction | None:
+        """The transaction the current task has open on this backend, if any."""
+        joined = self._tx_var.get()
+        if joined is None or joined[0] is not asyncio.current_task():
+            return None
+        return joined[1]
 
     def __repr__(self) -> str:
         return f"<Database {self.name!r} {self._backend.dsn} {self.state.value}>"
@@ -112,21 +119,33 @@ class Database:
         """The raw driver connection, through the gate: the escape hatch.
 
         Nothing done on it is replayed; a connection error raised inside the block is
-        reported to the supervisor (which reconnects) and re-raised unchanged.
+        reported to the supervisor (which checks the server) and re-raised unchanged. Inside
+        this task's open transaction it is the transaction's connection.
         """
-        cm, conn, generation = await self._checkout(timeout)
+        joined = self._joined_transaction()
+        if joined is not None:
+            yield joined.connection
+            return
+        engine = self._engine
+        cm, conn, generation = await engine.checkout(deadline_after(timeout))
         try:
             yield self._backend.raw(conn)
         except BaseException as exc:
-            if isinstance(exc, Exception) and (
+            lost = isinstance(exc, Exception) and (
                 self._backend.classify(exc, conn) is ErrorKind.CONNECTION
-            ):
+            )
+            if lost:
                 self._monitor.report_lost(generation, exc, "acquire")
-            # Shielded: the connection must go back to the pool even if we are cancelled.
-            await asyncio.shield(cm.__aexit__(type(exc), exc, exc.__traceback__))
+            if lost or not isinstance(exc, Exception):
+                # Lost, or cancelled mid-use: its state is unknown. Closed now, given back in
+                # the background: the caller never waits on the network to leave.
+                self._backend.discard(conn)
+                self._monitor.release_later(cm.__aexit__(type(exc), exc, exc.__traceback__))
+            else:
+                await cm.__aexit__(type(exc), exc, exc.__traceback__)
             raise
         else:
-            await asyncio.shield(cm.__aexit__(None, None, None))
+            await cm.__aexit__(None, None, None)
 
     def transaction(
         self,
@@ -145,7 +164,7 @@ class Database:
         transaction; ``timeout`` bounds getting a connection. ``tx.transaction()`` nests a
         savepoint.
         """
-        return _tx.transaction(self, isolation=isolation, readonly=readonly, timeout=timeout)
+        return _tx_block.transaction(self, isolation=isolation, readonly=readonly, timeout=timeout)
 
     async def run_in_transaction(
         self,
@@ -165,7 +184,7 @@ class Database:
         last error is raised. ``fn`` may run more than once: keep side effects outside the
         database (emails, queues) out of it.
         """
-        return await _tx.run_in_transaction(
+        return await _tx_block.run_in_transaction(
             self,
             fn,
             args,
@@ -178,29 +197,6 @@ class Database:
 
     # -- the engine ---------------------------------------------------------------------------
 
-    async def _checkout(
-        self, timeout: float | None
-    ) -> tuple[AbstractAsyncContextManager[Connection], Connection, int]:
-        """A connection through the gate; acquisition (nothing sent yet) is retried."""
-        deadline = _deadline(timeout)
-        attempts = 0
-        while True:
-            await self._gate.wait(self._gate_deadline(deadline))
-            generation = self._monitor.generation
-            try:
-                cm = self._backend.acquire(self._bound(self._options.acquire_timeout, deadline))
-                conn = await cm.__aenter__()
-            except Exception as exc:
-                await self._acquire_failed(exc, generation, deadline, "acquire")
-                attempts += 1
-                if attempts > self._options.max_replays:
-                    raise DatabaseUnavailable(
-                        f"backend {self.name!r}: no connection after {attempts} attempts: "
-                        f"{describe(exc)}"
-                    ) from exc
-                continue
-            return cm, conn, generation
-
     async def _run(
         self,
         op: str,
@@ -211,175 +207,16 @@ class Database:
         column: int = 0,
         batch: bool = False,
     ) -> Any:
-        opts = self._options
-        deadline = None if timeout is None else _deadline(timeout)
-        replays = 0
-        while True:
-            if self._gate.state is not _CONNECTED:
-                await self._gate.wait(self._gate_deadline(deadline))
-            generation = self._monitor.generation
-            acquire_timeout: float | None
-            command_timeout: float | None
-            if deadline is None:
-                # None: the adapter applies the configured command_timeout itself.
-                acquire_timeout, command_timeout = opts.acquire_timeout, None
-            else:
-                acquire_timeout = self._bound(opts.acquire_timeout, deadline)
-                command_timeout = self._bound(opts.command_timeout, deadline)
-            kind: ErrorKind | None = None
-            try:
-                cm = self._backend.acquire(acquire_timeout)
-                conn = await cm.__aenter__()
-            except Exception as exc:
-                await self._acquire_failed(exc, generation, deadline, op)
-                cause: Exception = exc
-            else:
-                try:
-                    if column:
-                        result = await conn.fetchval(
-                            query, *args, column=column, timeout=command_timeout
-                        )
-                    else:
-                        result = await getattr(conn, op)(query, *args, timeout=command_timeout)
-                except Exception as exc:
-                    # Classified before release, while the closed flag of `conn` is readable.
-                    kind = self._classify_sent(exc, conn)
-                    await self._release_after_failure(cm, exc)
-                    self._sent_failed(exc, kind, generation, op, query, idempotent, batch)
-                    cause = exc
-                except BaseException as exc:  # cancelled: give the connection back, shielded
-                    await asyncio.shield(cm.__aexit__(type(exc), exc, exc.__traceback__))
-                    raise
-                else:
-                    try:
-                        await cm.__aexit__(None, None, None)
-                    except Exception as exc:
-                        # Only giving the connection back failed. The result stands:
-                        # replaying here could apply a write twice.
-                        self._release_failed(exc, generation, op)
-                    return result
-            replays += 1
-            self._before_replay(op, replays, deadline, cause)
-            if kind is ErrorKind.RETRYABLE:
-                await asyncio.sleep(opts.backoff.delay(replays))
-
-    def _classify_sent(self, exc: Exception, conn: Connection) -> ErrorKind:
-        if isinstance(exc, TimeoutError):
-            # Slow statement or half-open socket: either way this connection's state is
-            # unknown (a reply may still arrive), so it never goes back to the pool.
-            self._backend.discard(conn)
-            return ErrorKind.CONNECTION
-        kind = self._backend.classify(exc, conn)
-        if kind is ErrorKind.CONNECTION:
-            self._backend.discard(conn)
-        return kind
-
-    async def _release_after_failure(
-        self, cm: AbstractAsyncContextManager[Any], exc: Exception
-    ) -> None:
-        release = cm.__aexit__(type(exc), exc, exc.__traceback__)
-        if isinstance(exc, TimeoutError):
-            # After a timeout the driver may wait for its cancel request before releasing
-            # (asyncpg does); through a partition that outlasts the caller's deadline.
-            self._monitor.release_later(release)
-            return
-        # The failure being handled is the one that matters to the caller, not this one.
-        with contextlib.suppress(Exception):
-            await asyncio.shield(release)
-
-    def _release_failed(self, exc: Exception, generation: int, op: str) -> None:
-        kind = self._backend.classify(exc)
-        if kind is ErrorKind.CONNECTION or isinstance(exc, TimeoutError):
-            self._monitor.report_lost(generation, exc, f"{op} (release)")
-
-    async def _acquire_failed(
-        self, exc: Exception, generation: int, deadline: float | None, op: str
-    ) -> None:
-        """Nothing was sent: replay after the gate, unless the error is the caller's own."""
-        if isinstance(exc, TimeoutError):
-            # The pool had no free connection in time, or opening one hung: let the monitor
-            # check the server in the background; a busy pool is not an outage.
-            self._monitor.report_suspect(generation, exc, op)
-            if deadline is None or asyncio.get_running_loop().time() >= deadline:
-                raise DatabaseUnavailable(
-                    f"backend {self.name!r}: no connection within the acquire timeout "
-                    f"(pool exhausted or server unreachable)"
-                ) from exc
-            return
-        kind = self._backend.classify_connect(exc)
-        if kind is ErrorKind.CONNECTION or kind is ErrorKind.PERMANENT:
-            # The gate now shows the monitor's verdict: RECONNECTING waits, FAILED fails fast.
-            self._monitor.report_lost(generation, exc, op)
-            return
-        raise exc
-
-    def _sent_failed(
-        self,
-        exc: Exception,
-        kind: ErrorKind,
-        generation: int,
-        op: str,
-        query: str,
-        idempotent: bool | None,
-        batch: bool,
-    ) -> None:
-        """The request may have reached the server: replay only what rule 1 or 2 allows."""
-        if kind is ErrorKind.RETRYABLE:
-            return  # a deadlock or serialization failure rolled the statement back: replay
-        if kind is not ErrorKind.CONNECTION:
-            raise exc  # query errors reach the caller unchanged, after exactly one attempt
-        monitor = self._monitor
-        if isinstance(exc, TimeoutError):
-            monitor.report_suspect(generation, exc, op)
-        else:
-            monitor.report_lost(generation, exc, op)
-        unsent = self._backend.unsent(exc)
-        if may_replay(unsent=unsent, sql=None if batch else query, idempotent=idempotent):
-            return
-        monitor.outcome_unknown += 1
-        raise OutcomeUnknown(
-            f"backend {self.name!r}: {op} failed after it may have reached the server, and it "
-            f"is not known to be safe to replay ({describe(exc)}). Pass idempotent=True if "
-            f"running it twice is harmless."
-        ) from exc
-
-    def _before_replay(
-        self, op: str, replays: int, deadline: float | None, cause: Exception
-    ) -> None:
-        if replays > self._options.max_replays:
-            raise DatabaseUnavailable(
-                f"backend {self.name!r}: {op} still failing after "
-                f"{self._options.max_replays} replays: {describe(cause)}"
-            ) from cause
-        if deadline is not None and asyncio.get_running_loop().time() >= deadline:
-            raise DatabaseUnavailable(
-                f"backend {self.name!r}: {op} reached its deadline: {describe(cause)}"
-            ) from cause
-        self._monitor.replayed(op, replays, cause)
+        joined = self._tx_var.get()
+        if joined is not None and joined[0] is asyncio.current_task():
+            # Inside this task's transaction: run there, never replayed.
+            tx = joined[1]
+            if column:
+                return await tx.fetchval(query, *args, column=column, timeout=timeout)
+            return await getattr(tx, op)(query, *args, timeout=timeout)
+        return await self._engine.run(op, query, args, timeout, idempotent, column, batch)
 
     async def health(self, timeout: float | None = None) -> HealthReport:
         """This backend's :class:`HealthReport` (see ``Supervisor.health``); never raises for
         a database problem, never takes longer than ``timeout`` (default ``health_timeout``)."""
         return await check_health([self._monitor], timeout)
-
-    # -- deadlines ----------------------------------------------------------------------------
-
-    def _gate_deadline(self, deadline: float | None) -> float:
-        if deadline is not None:
-            return deadline
-        return asyncio.get_running_loop().time() + self._options.gate_timeout
-
-    @staticmethod
-    def _bound(limit: float | None, deadline: float | None) -> float | None:
-        if deadline is None:
-            return limit
-        remaining = max(deadline - asyncio.get_running_loop().time(), 0.001)
-        return remaining if limit is None else min(limit, remaining)
-
-
-def _deadline(timeout: float | None) -> float | None:
-    if timeout is None:
-        return None
-    if not timeout > 0:
-        raise ValueError(f"timeout must be a number of seconds > 0, not {timeout!r}")
-    return asyncio.get_running_loop().time() + timeout

@@ -4,6 +4,11 @@ Callers never reconnect. They report what they saw (``report_lost``, ``report_su
 wait at the gate; the one task here probes with backoff and opens the gate again. That is
 what keeps a database that is just coming back from being hit by every caller at once.
 
+One connection dying is not an outage: a report while connected starts a check (one probe
+on a fresh connection) and only a failed probe moves the backend to RECONNECTING, which
+retires the pool. While a check runs the pool opens no new connections, and a caller about
+to replay waits for the verdict (``settled``) before it goes back to the gate.
+
 Invariants:
 - ``gate.state`` changes only in ``_signal``, through the pure ``transition`` function.
 - ``generation`` grows on every successful (re)connect, after the old pool generation is
@@ -71,6 +76,7 @@ class Monitor:
         self._first_attempt: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
         self._opening = False
+        self._checked: asyncio.Future[None] | None = None  # set while a check is pending
         self._cleanups: set[asyncio.Task[None]] = set()
         backend.set_connect_gate(self._pool_may_connect)
 
@@ -79,12 +85,29 @@ class Monitor:
         return self.gate.state
 
     def _pool_may_connect(self) -> bool:
-        # The pool opens connections only while connected, or while this loop opens it.
-        return self._opening or self.gate.state is State.CONNECTED
+        # The pool opens connections only while connected and not checking (so that only the
+        # check's probe knocks on a server that may be gone), or while this loop opens it.
+        return self._opening or (self.gate.state is State.CONNECTED and self._checked is None)
 
-    def release_later(self, release: Awaitable[object]) -> None:
+    @property
+    def checking(self) -> bool:
+        """A check of the server is pending (a connection died or a statement timed out)."""
+        return self._checked is not None
+
+    async def settled(self, deadline: float | None) -> None:
+        """Wait, at most until ``deadline`` (``loop.time()``), for a pending check to end."""
+        checked = self._checked
+        if checked is None or checked.done():
+            return
+        with contextlib.suppress(TimeoutError):
+            # Shielded: one caller giving up must not cancel the verdict for the others.
+            async with asyncio.timeout_at(deadline):
+                await asyncio.shield(checked)
+
+    def release_later(self, release: Awaitable[object]) -> asyncio.Task[None]:
         """Finish giving a connection back in the background (after a timeout, the driver
-        may wait for its cancel request; the caller's deadline must not)."""
+        may wait for its cancel request; the caller's deadline must not). ``aclose`` waits
+        for these tasks, bounded."""
 
         async def run() -> None:
             with contextlib.suppress(Exception):
@@ -93,6 +116,7 @@ class Monitor:
         task = asyncio.create_task(run(), name=f"resilientdb-release-{self.name}")
         self._cleanups.add(task)
         task.add_done_callback(self._cleanups.discard)
+        return task
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -115,6 +139,7 @@ class Monitor:
         """Close the gate (waiters get ``SupervisorClosed``), stop the task, close the pool."""
         self.gate.closed_reason = f"the supervisor of backend {self.name!r} is closed"
         self._signal(Signal.CLOSE)
+        self._end_check()
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
@@ -127,20 +152,30 @@ class Monitor:
     # -- reports from callers (synchronous: the state flips before the caller awaits) ------
 
     def report_lost(self, generation: int, exc: BaseException, operation: str) -> None:
-        """A caller saw the connection die. Only the first report of a generation counts."""
+        """A caller saw a connection die: check the server (the state changes only if that
+        check fails). Reports of an older generation, or while not connected, only count."""
         self._error(operation, exc)
         if generation == self.generation and self.state is State.CONNECTED:
             self.gate.last_error = exc
-            self._signal(Signal.CONNECTION_LOST, exc)
+            self._request_check()
 
     def report_suspect(self, generation: int, exc: BaseException, operation: str) -> None:
         """A statement timed out: maybe slow, maybe a half-open socket. Check in background."""
         self.timeouts += 1
         self._error(operation, exc)
         if generation == self.generation and self.state is State.CONNECTED:
+            self._request_check()
+
+    def _request_check(self) -> None:
+        if self._checked is None and self._wakeup is not None:
+            self._checked = asyncio.get_running_loop().create_future()
             self._suspect = True
-            if self._wakeup is not None:
-                self._wakeup.set()
+            self._wakeup.set()
+
+    def _end_check(self) -> None:
+        checked, self._checked = self._checked, None
+        if checked is not None and not checked.done():
+            checked.set_result(None)
 
     def replayed(self, operation: str, replay: int, cause: BaseException) -> None:
         """Count a replay and announce it (``OperationReplayed``)."""
@@ -198,6 +233,8 @@ class Monitor:
         self.time_in_state[old] += now - self.state_since
         self.state_since = now
         self.gate.state = new
+        if new is not State.CONNECTED:
+            self._end_check()  # the verdict is in: callers go back to the gate
         if new is State.RECONNECTING and self._down_since is None:
             self._down_since = now
         if new is not old:
@@ -341,8 +378,17 @@ class Monitor:
             )
 
     async def _check(self) -> None:
+        """Probe once: the server answers (only some connections died: nothing else to do) or
+        it does not (the outage starts; the failed probe counts as the first attempt)."""
         generation = self.generation
         try:
             await self.backend.probe()
         except Exception as exc:
-            self.report_lost(generation, exc, "check")
+            self._error("check", exc)
+            if generation == self.generation and self.state is State.CONNECTED:
+                self.gate.last_error = exc
+                self.attempts = 1
+                self.total_attempts += 1
+                self._signal(Signal.CONNECTION_LOST, exc)
+        finally:
+            self._end_check()

@@ -1,155 +1,153 @@
-"""Statement classification and the replay decision (DESIGN.md section 4).
+"""What a statement may do, as far as the text tells: the facts the replay rules decide by.
 
 When a connection dies after a request may have reached the server, replaying it is safe only
-if running it twice does no harm. ``may_replay`` makes that decision; ``is_read_only`` supplies
-the default for callers who did not say ``idempotent=``. Getting it wrong in one direction
-applies a write twice; in the other it costs one ``OutcomeUnknown``. Every doubt therefore
-answers "not read-only".
+if running it twice does no harm; when a deadlock or lock wait timeout interrupts it, only a
+single statement was rolled back whole; inside a transaction, some statements commit or end
+it. :func:`verdict` reads the text in its backend's dialect (``_sql.py``) and answers all
+three. Getting it wrong in one direction applies a write twice; in the other it costs one
+``OutcomeUnknown``. Every doubt therefore answers "may write".
 
-What counts as read-only, by the statement's leading keyword (case-insensitive, after any
-whitespace, comments and opening parentheses):
+Read-only, by the statement's leading keyword (after whitespace, comments and opening
+parentheses): ``SELECT``, ``SHOW``, ``VALUES``, ``TABLE``; ``WITH ...`` with no
+data-modifying part (INSERT, UPDATE, DELETE, MERGE or REPLACE anywhere outside
+``FOR [NO KEY] UPDATE`` and ``replace(...)`` answers "may write"); ``EXPLAIN`` / ``DESCRIBE``
+/ ``DESC`` without ANALYZE (which runs the statement; a PostgreSQL option list may turn it
+off explicitly). ``INTO`` anywhere answers "may write" (``SELECT ... INTO`` creates a table or
+writes a file or variable). Locking clauses are fine: a replay runs in autocommit and the
+lock goes with it. Several statements are read-only only if each is; no statement at all is
+not. Everything else (INSERT, CALL, DO, COPY, SET, PRAGMA, BEGIN, CREATE, LOCK, ...) is not.
 
-* ``SELECT``, ``SHOW``, ``VALUES``, ``TABLE``;
-* ``WITH ...`` with no data-modifying part: PostgreSQL lets a CTE body be INSERT, UPDATE,
-  DELETE or MERGE, and every dialect lets WITH lead an INSERT/UPDATE/DELETE/MERGE/REPLACE
-  INTO. Each of these spells one of those words outside ``FOR [NO KEY] UPDATE`` and
-  ``replace(...)``, so finding one anywhere in the statement answers False;
-* ``EXPLAIN`` / ``DESCRIBE`` / ``DESC`` without ANALYZE (which runs the statement). A
-  PostgreSQL option list may turn it off explicitly (``ANALYZE false``, ``off`` or ``0``);
-  any other mention of ANALYZE/ANALYSE answers False.
+A read-only statement must also call only functions known not to write (``_builtins.py``):
+an allow-listed built-in; on PostgreSQL, otherwise, a function none of whose overloads is
+VOLATILE, which the caller looks up in ``pg_proc`` (the verdict lists the names); on
+MySQL/MariaDB and SQLite nothing else. A call by a quoted name, MariaDB's ``NEXT VALUE FOR``
+and the functions of ``_builtins.NEVER`` are writes. PostgreSQL operators are listed too:
+one implemented by a VOLATILE function makes the statement a write.
 
-``SELECT ... INTO`` creates a table (PostgreSQL) or writes a file or a variable (MySQL), so
-``INTO`` anywhere answers False. Locking clauses (``FOR UPDATE``/``FOR SHARE``) are fine:
-a replay runs in autocommit and the lock goes with it. Several statements separated by ``;``
-are read-only only if each is; no statement at all (empty text, only comments) is not.
-Everything else (INSERT, CALL, DO, COPY, SET, PRAGMA, BEGIN, CREATE, LOCK, ...) is not.
-
-Words count only as SQL code: never inside string literals, quoted identifiers, PostgreSQL
-dollar quotes or comments. Where those end depends on the dialect, and the text reaches the
-driver untouched, so it is read the way each server might read it:
-
-* PostgreSQL: ``'...'`` without backslash escapes (with them for ``E'...'``, and in a
-  second reading for ``standard_conforming_strings=off``), ``$tag$...$tag$`` (``$1`` is a
-  parameter), nested ``/* */``;
-* MySQL/MariaDB, by default and with ANSI_QUOTES or NO_BACKSLASH_ESCAPES: backslash escapes,
-  ``#`` comments, ``--`` a comment only before a space or control character; an executable
-  ``/*! */`` or ``/*M! */`` comment answers False;
-* SQLite: ``[identifiers]`` and ``$name(...)``-style variables, which may swallow quotes.
-
-Backticks quote identifiers in every reading: PostgreSQL has no built-in operator with a
-backtick, so text holding one fails there before anything in it runs. A NUL character, or an
-unterminated quote or comment where a statement may run, answers False.
-
-In each reading the statements run in order until one that cannot start a statement at all
-(its first token after any ``(`` is punctuation, or a SQLite variable): the server rejects
-it and stops there (PostgreSQL rejects the whole text). That is what PostgreSQL and SQLite
-make of a leading MySQL ``# comment``, and MySQL of the ``*/`` left over from a nested
-``/* /* */ */``. The text is read-only when no reading may run a write and at least one
-runs a read.
-
-Consequences worth knowing: ``'it\\'s'`` and ``$$it's$$`` are False (the readings disagree
-on where the literal ends), as are dollar quotes holding ``;`` or INTO, SQLite
-``[identifiers]`` and unquoted column names that spell a write keyword, ``EXPLAIN`` of a
-write even without ANALYZE, and a leading ``/* nested /* comment */ text */`` (MySQL reads
-``text */ SELECT`` as a statement).
-
-Side effects inside a SELECT (``nextval()``, ``pg_advisory_lock()``, ``GET_LOCK()``, a
-volatile user function) cannot be seen in the text: callers pass ``idempotent=False`` for
-those. The scan walks the text once per reading with anchored or forward-only patterns, so it
-is O(n) and never raises.
+The text reaches the driver untouched, so it is read the way the backend's server might read
+it under each setting that changes the reading (``_sql.py``). The statement is read-only when
+no reading may run a write and at least one runs a read. A NUL character answers "may write".
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Iterator
-from typing import Literal, NamedTuple, TypeAlias
+import functools
+from dataclasses import dataclass
 
-__all__ = ["is_read_only", "may_replay"]
+from ._builtins import HARMLESS, NEVER, NOT_CALLS
+from ._sql import CLOSE, COMMA, LITERAL, OPEN, OPERATOR, PUNCT, WORD, Statement, Token, readings
 
-_Token: TypeAlias = tuple[str, str]  # (kind, text); a word's text is upper-cased
-_WORD, _PUNCT, _LITERAL, _VARIABLE = "word", "punct", "literal", "variable"
-_LIT: _Token = (_LITERAL, "")
-_VAR: _Token = (_VARIABLE, "")  # SQLite's $x @x :x #x
-_OPEN: _Token = (_PUNCT, "(")
-_CLOSE: _Token = (_PUNCT, ")")
-_COMMA: _Token = (_PUNCT, ",")
-_END: _Token = (_PUNCT, ";")
-_UNSAFE: _Token = ("unsafe", "")
+__all__ = ["Verdict", "is_read_only", "may_replay", "verdict"]
 
 _READ_ONLY_STARTS = frozenset({"SELECT", "SHOW", "VALUES", "TABLE", "WITH"})
 _EXPLAIN_STARTS = frozenset({"EXPLAIN", "DESCRIBE", "DESC"})
 _DATA_MODIFYING = frozenset({"INSERT", "UPDATE", "DELETE", "MERGE", "REPLACE"})
 _ANALYZE = frozenset({"ANALYZE", "ANALYSE"})
 _FALSE = frozenset({"FALSE", "OFF", "0"})  # PostgreSQL's defGetBoolean
-
-_ASCII_SPACE = re.compile(r"[ \t\n\r\f\v]+")
-_ANY_SPACE = re.compile(r"\s+")
-_PG_EOL = re.compile(r"[\n\r]")
-_EOL = re.compile(r"\n")
-# PostgreSQL: `$` continues an identifier; a number ends before letters or `$` (`1$$x$$` is
-# the number 1 and a dollar quote).
-_PG_WORD = re.compile(r"[A-Za-z_\x80-\U0010ffff][A-Za-z0-9_$\x80-\U0010ffff]*|[0-9][0-9_]*")
-# MySQL: whether a non-ASCII space separates words depends on the connection's charset, so
-# it does (more words only ever finds more keywords).
-_MY_WORD = re.compile(r"(?:[A-Za-z0-9_$]|[^\x00-\x7f\s])+")
-# SQLite: `$x` is a variable, `x$` a word.
-_LITE_WORD = re.compile(r"[A-Za-z0-9_\x80-\U0010ffff][A-Za-z0-9_$\x80-\U0010ffff]*")
-_LITE_ID_CHARS = re.compile(r"[A-Za-z0-9_$\x80-\U0010ffff]+")
-_DOLLAR_TAG = re.compile(r"\$(?:[A-Za-z_\x80-\U0010ffff][A-Za-z0-9_\x80-\U0010ffff]*)?\$")
-_NESTED_COMMENT = re.compile(r"/\*|\*/")
-_LITE_VAR_PAREN_END = re.compile(r"[ \t\n\v\f\r)]")
-_QUOTE_STOPS = {
-    (quote, backslash): re.compile("[" + re.escape(quote) + ("\\\\" if backslash else "") + "]")
-    for quote in "'\"`"
-    for backslash in (False, True)
-}
+# Statements that run other statements, each of which may commit on its own (a procedure in
+# autocommit mode, a DO block with COMMIT): never "one statement" for a lost race.
+_COMPOUND = frozenset({"CALL", "DO", "EXECUTE", "BEGIN"})
+# MySQL/MariaDB statements that never commit implicitly (everything else may: DDL, LOCK
+# TABLES, START TRANSACTION, SET autocommit, CALL of a procedure that commits...).
+_MYSQL_KEEPS_TRANSACTION = frozenset(
+    {"SELECT", "INSERT", "UPDATE", "DELETE", "REPLACE", "WITH", "VALUES", "TABLE", "SHOW",
+     "DESCRIBE", "DESC", "EXPLAIN", "SAVEPOINT", "RELEASE", "DO", "HANDLER", "SET"}
+)  # fmt: skip
 
 
-class _Dialect(NamedTuple):
-    """One way of reading SQL text: where its words, literals and comments end."""
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What a statement text may do, read in one dialect."""
 
-    family: str  # "postgresql", "mysql" or "sqlite"
-    word: re.Pattern[str]
-    space: re.Pattern[str]
-    line_end: re.Pattern[str]
-    sq_backslash: bool  # backslash escapes in '...'
-    dq_backslash: bool  # backslash escapes in "..."
+    read_only: bool
+    """No reading may write, provided every name in ``lookup`` (and every operator in
+    ``operators``) is found harmless in the server's catalog."""
+    lookup: frozenset[str] = frozenset()
+    """PostgreSQL functions called whose volatility decides (lower-case names)."""
+    operators: frozenset[str] = frozenset()
+    """PostgreSQL operators used (a user may implement one with a VOLATILE function)."""
+    single: bool = False
+    """Exactly one statement in every reading, and not one that runs others (CALL, DO): a
+    deadlock or lock wait timeout rolled all of it back."""
+    ends_transaction: bool = True
+    """Inside a transaction, may commit or end it: COMMIT/ROLLBACK/END in any dialect, and on
+    MySQL/MariaDB any statement that commits implicitly (DDL, LOCK TABLES, ...)."""
+    locks: bool = False
+    """Has a locking clause (FOR UPDATE/SHARE, LOCK IN SHARE MODE)."""
+    runs: bool = True
+    """Some reading runs a statement at all (False: empty, only comments, or rejected)."""
 
 
-# The last three differ from the first three only in backslash escapes.
-_DIALECTS = (
-    _Dialect("postgresql", _PG_WORD, _ASCII_SPACE, _PG_EOL, False, False),
-    _Dialect("mysql", _MY_WORD, _ANY_SPACE, _EOL, True, True),
-    _Dialect("sqlite", _LITE_WORD, _ASCII_SPACE, _EOL, False, False),
-    _Dialect("postgresql", _PG_WORD, _ASCII_SPACE, _PG_EOL, True, False),  # legacy strings
-    _Dialect("mysql", _MY_WORD, _ANY_SPACE, _EOL, True, False),  # ANSI_QUOTES
-    _Dialect("mysql", _MY_WORD, _ANY_SPACE, _EOL, False, False),  # NO_BACKSLASH_ESCAPES
-)
+_MAY_WRITE = Verdict(read_only=False)
 
 
-def is_read_only(sql: str) -> bool:
-    """True when every statement in `sql` is read-only by its leading keyword.
+@functools.lru_cache(maxsize=256)
+def verdict(sql: str, family: str) -> Verdict:
+    """The verdict on ``sql`` read as ``family`` (``"postgresql"``, ``"mysql"``, ``"sqlite"``).
 
-    The rules, and why they err towards False, are in this module's docstring. Never raises.
+    Never raises: anything unreadable answers "may write", "several statements" and "may end
+    a transaction".
     """
-    if not isinstance(sql, str) or "\x00" in sql:  # a NUL ends the text early for some drivers
-        return False
-    runs_a_read = False
-    for dialect in _DIALECTS if "\\" in sql else _DIALECTS[:3]:
-        outcome = _outcome(sql, dialect)
-        if outcome == "may write":
+    if not isinstance(sql, str) or "\x00" in sql:
+        return _MAY_WRITE
+    read_only, runs, single, ends, locks = True, False, True, False, False
+    lookup: set[str] = set()
+    operators: set[str] = set()
+    for reading in readings(sql, family):
+        if reading.unsafe:
+            return _MAY_WRITE
+        single = single and len(reading.statements) == 1
+        for st in reading.statements:
+            runs = True
+            lead = st.leading
+            single = single and lead is not None and lead not in _COMPOUND
+            ends = ends or _ends_transaction(st, family)
+            locks = locks or _locks(st)
+            if not read_only:
+                continue  # still reading on for `single` and `ends`
+            calls = _calls(st, family)
+            if calls is None or not _statement_is_read_only(st, family):
+                read_only = False
+                continue
+            lookup |= calls
+            operators.update(text for kind, text in st.tokens if kind == OPERATOR)
+    read_only = read_only and runs
+    return Verdict(
+        read_only=read_only,
+        lookup=frozenset(lookup) if read_only else frozenset(),
+        operators=frozenset(operators) if read_only else frozenset(),
+        single=single,
+        ends_transaction=ends,
+        locks=locks,
+        runs=runs,
+    )
+
+
+def is_read_only(sql: str, family: str | None = None) -> bool:
+    """True when ``sql`` is read-only without any catalog lookup.
+
+    ``family`` None reads it in every dialect (read-only in all three). Never raises.
+    """
+    if family is not None:
+        v = verdict(sql, family)
+        return v.read_only and not v.lookup
+    # In every dialect: none may write (a dialect that runs nothing at all is fine, its server
+    # rejects the text) and at least one runs a read.
+    reads = False
+    for fam in ("postgresql", "mysql", "sqlite"):
+        v = verdict(sql, fam)
+        if v.runs and (not v.read_only or v.lookup):
             return False
-        runs_a_read = runs_a_read or outcome == "reads"
-    return runs_a_read
+        reads = reads or v.read_only
+    return reads
 
 
 def may_replay(*, unsent: bool, sql: str | None, idempotent: bool | None) -> bool:
-    """The replay decision for an operation whose connection was lost.
+    """The replay decision for an operation whose connection was lost, from the text alone.
 
     unsent: the failure provably happened before the request reached the wire -> always True.
     idempotent True -> True; idempotent False -> False (even for a SELECT) unless unsent;
-    idempotent None -> is_read_only(sql) (sql None -> False).
+    idempotent None -> is_read_only(sql) in every dialect (sql None -> False).
     """
     if unsent:
         return True
@@ -158,149 +156,106 @@ def may_replay(*, unsent: bool, sql: str | None, idempotent: bool | None) -> boo
     return sql is not None and is_read_only(sql)
 
 
-def _outcome(sql: str, dialect: _Dialect) -> Literal["reads", "nothing", "may write"]:
-    """What a server of `dialect` would run: only reads, nothing at all, or maybe a write.
-
-    Stops reading early where the answer is known, so a long INSERT costs little.
-    """
-    outcome: Literal["reads", "nothing"] = "nothing"
-    tokens: list[_Token] = []
-    start = 0  # where the leading keyword is (or will be) in `tokens`
-    for token in _tokens(sql, dialect):
-        if token == _UNSAFE:
-            return "may write"
-        if token != _END:
-            if len(tokens) == start:
-                if token == _OPEN:
-                    start += 1
-                elif token[0] in (_PUNCT, _VARIABLE):
-                    return outcome  # no statement starts so: the server rejects it and stops
-                elif token[0] != _WORD:
-                    return "may write"  # MariaDB might take a quoted identifier for a label
-                elif token[1] not in _READ_ONLY_STARTS and token[1] not in _EXPLAIN_STARTS:
-                    return "may write"
-            tokens.append(token)
-        elif start < len(tokens):
-            if not _statement_is_read_only(tokens, start, dialect.family):
-                return "may write"
-            outcome = "reads"
-            tokens, start = [], 0
-        elif tokens:
-            return outcome  # nothing but "(": rejected as above
-    return outcome
+def _ends_transaction(st: Statement, family: str) -> bool:
+    lead = st.leading
+    if lead is None:
+        return True
+    if family == "mysql":
+        if lead == "SET":
+            return any(t == (WORD, "AUTOCOMMIT") for t in st.tokens)
+        if lead == "ROLLBACK":
+            return not _rolls_back_to_savepoint(st)
+        return lead not in _MYSQL_KEEPS_TRANSACTION
+    if lead in ("COMMIT", "END", "ABORT"):
+        return True
+    if lead == "ROLLBACK":
+        return not _rolls_back_to_savepoint(st)
+    return lead == "PREPARE" and st.word_after(1) == "TRANSACTION"
 
 
-def _tokens(sql: str, d: _Dialect) -> Iterator[_Token]:
-    """The tokens of `sql` as `d` reads it, with _END after each statement.
-
-    Comments vanish; literals and quoted identifiers become opaque tokens; words are
-    upper-cased (ASCII only: Python upper-cases the long s of ``"\\u017felect"`` to
-    ``"SELECT"``, no server does). An unterminated literal or comment, or a MySQL
-    executable comment, yields _UNSAFE and ends the stream.
-    """
-    pg, my, lite = d.family == "postgresql", d.family == "mysql", d.family == "sqlite"
-    i, n = 0, len(sql)
-    while i < n:
-        c = sql[i]
-        if c.isspace() and (m := d.space.match(sql, i)):
-            i = m.end()
-        elif m := d.word.match(sql, i):
-            i = m.end()
-            word = m.group()
-            if pg and word in ("E", "e") and sql.startswith("'", i):
-                i = _skip_quoted(sql, i, "'", backslash=True)
-                yield _LIT
-            else:
-                yield (_WORD, word.upper() if word.isascii() else word)
-        elif (
-            c == "-" and sql.startswith("-", i + 1) and (not my or _mysql_dash_comment(sql, i))
-        ) or (c == "#" and my):
-            m = d.line_end.search(sql, i)
-            i = n if m is None else m.end()
-        elif c == "/" and sql.startswith("*", i + 1):
-            if my and (sql.startswith("!", i + 2) or sql[i + 2 : i + 4].upper() == "M!"):
-                i = -1  # MySQL runs the text of /*! */ and MariaDB that of /*M! */
-            else:
-                i = _skip_block_comment(sql, i, nested=pg)
-        elif c in "'\"`":
-            backslash = d.sq_backslash if c == "'" else d.dq_backslash if c == '"' else False
-            i = _skip_quoted(sql, i, c, backslash)
-            yield _LIT
-        elif c == "[" and lite:
-            end = sql.find("]", i + 1)
-            i = -1 if end < 0 else end + 1
-            yield _LIT
-        elif c == "$" and pg and (m := _DOLLAR_TAG.match(sql, i)):
-            end = sql.find(m.group(), m.end())
-            i = -1 if end < 0 else end + len(m.group())
-            yield _LIT
-        elif c in "$@:#" and lite:
-            i = _skip_sqlite_variable(sql, i)
-            yield _VAR
-        else:
-            yield _END if c == ";" else (_PUNCT, c)
-            i += 1
-        if i < 0:
-            yield _UNSAFE
-            return
-    yield _END
+def _rolls_back_to_savepoint(st: Statement) -> bool:
+    """``ROLLBACK [WORK | TRANSACTION] TO [SAVEPOINT] name`` keeps the transaction open."""
+    second = st.word_after(1)
+    if second in ("WORK", "TRANSACTION"):
+        second = st.word_after(2)
+    return second == "TO"
 
 
-def _mysql_dash_comment(sql: str, i: int) -> bool:
-    """MySQL reads ``--`` as a comment only before a space or control character (or the end)."""
-    after = sql[i + 2 : i + 3]
-    return after <= " " or after == "\x7f"
+def _locks(st: Statement) -> bool:
+    toks = st.tokens
+    for k, tok in enumerate(toks[:-1]):
+        if tok == (WORD, "FOR") and toks[k + 1] in ((WORD, "UPDATE"), (WORD, "SHARE")):
+            return True
+        if tok == (WORD, "FOR") and toks[k + 1 : k + 3] == [(WORD, "NO"), (WORD, "KEY")]:
+            return True
+        if tok == (WORD, "LOCK") and toks[k + 1] == (WORD, "IN"):
+            return True
+    return False
 
 
-def _skip_quoted(sql: str, start: int, quote: str, backslash: bool) -> int:
-    """The index after the literal opened at `start` (doubled quotes escape), or -1."""
-    stops = _QUOTE_STOPS[quote, backslash]
-    pos = start + 1
-    while (m := stops.search(sql, pos)) is not None:
-        k = m.start()
-        if sql[k] == "\\" or sql.startswith(quote, k + 1):
-            pos = k + 2
-        else:
-            return k + 1
-    return -1
+def _calls(st: Statement, family: str) -> set[str] | None:
+    """Names to look up in the catalog (PostgreSQL), or None when a call is a write."""
+    toks = st.tokens
+    closes = _matching_parens(toks)
+    lookup: set[str] = set()
+    harmless = HARMLESS[family]
+    for k in range(st.start + 1, len(toks) - 1):  # the leading keyword is no call: EXPLAIN (
+        kind, text = toks[k]
+        if toks[k + 1] != OPEN:
+            if family == "mysql" and (kind, text, toks[k + 1]) == (WORD, "NEXT", (WORD, "VALUE")):
+                return None  # MariaDB: NEXT VALUE FOR seq
+            continue
+        if kind == LITERAL:
+            return None  # a call by a quoted name: nothing vouches for it
+        if kind != WORD or text in NOT_CALLS:
+            continue
+        prev = toks[k - 1]
+        if prev == (WORD, "AS") or (prev == (PUNCT, ":") and toks[k - 2] == prev):
+            continue  # a type with a modifier (CAST, ::) or an alias's column list
+        if _names_cte(toks, closes.get(k + 1)):
+            continue
+        name = text.lower() if text.isascii() else text
+        qualifier = None
+        if prev == (PUNCT, "."):
+            before = toks[k - 2]
+            qualifier = before[1].lower() if before[0] == WORD else "?"
+        if name in NEVER:
+            return None
+        if name in harmless and (qualifier is None or qualifier == "pg_catalog"):
+            continue
+        if family != "postgresql":
+            return None  # MySQL and SQLite user functions may do anything
+        lookup.add(name)
+    return lookup
 
 
-def _skip_block_comment(sql: str, start: int, *, nested: bool) -> int:
-    """The index after the comment opened at `start`, or -1 when it never closes."""
-    if not nested:
-        end = sql.find("*/", start + 2)
-        return -1 if end < 0 else end + 2
-    depth, pos = 1, start + 2
-    while depth:
-        m = _NESTED_COMMENT.search(sql, pos)
-        if m is None:
-            return -1
-        depth += 1 if m.group() == "/*" else -1
-        pos = m.end()
-    return pos
+def _matching_parens(toks: list[Token]) -> dict[int, int]:
+    """Index of each "(" -> index of its ")" (unclosed ones are absent); one pass."""
+    stack: list[int] = []
+    closes: dict[int, int] = {}
+    for i, tok in enumerate(toks):
+        if tok == OPEN:
+            stack.append(i)
+        elif tok == CLOSE and stack:
+            closes[stack.pop()] = i
+    return closes
 
 
-def _skip_sqlite_variable(sql: str, start: int) -> int:
-    """The index after a SQLite ``$ @ : #`` variable, as sqlite3GetToken() scans it.
-
-    ``$name(...)`` runs to the next space or ``)`` whatever it holds, quotes included.
-    """
-    pos, named = start + 1, False
-    while True:
-        m = _LITE_ID_CHARS.match(sql, pos)
-        if m:
-            pos, named = m.end(), True
-        if named and sql.startswith("(", pos):
-            m = _LITE_VAR_PAREN_END.search(sql, pos + 1)
-            return len(sql) if m is None else m.end() if m.group() == ")" else m.start()
-        if not sql.startswith("::", pos):
-            return pos
-        pos += 2
+def _names_cte(toks: list[Token], close: int | None) -> bool:
+    """``name (cols) AS [NOT] [MATERIALIZED] (``: a WITH clause names a query, no call."""
+    if close is None:
+        return False
+    after = toks[close + 1 : close + 5]
+    if not after or after[0] != (WORD, "AS"):
+        return False
+    rest = [t for t in after[1:] if t not in ((WORD, "NOT"), (WORD, "MATERIALIZED"))]
+    return bool(rest) and rest[0] == OPEN
 
 
-def _statement_is_read_only(tokens: list[_Token], start: int, family: str) -> bool:
-    """Judge one statement whose leading keyword is ``tokens[start]``."""
-    first = tokens[start][1]
+def _statement_is_read_only(st: Statement, family: str) -> bool:
+    """Judge one statement by its leading keyword and the words in it."""
+    tokens, start = st.tokens, st.start
+    first = st.leading
     if first in _EXPLAIN_STARTS:
         if not _explain_runs_nothing(tokens, start + 1):
             return False
@@ -308,10 +263,10 @@ def _statement_is_read_only(tokens: list[_Token], start: int, family: str) -> bo
         return False
     # Only PostgreSQL nests a data-modifying statement in a query (a CTE, itself only allowed
     # at the top of a WITH). Elsewhere such words can only matter after WITH; skipping them
-    # keeps `SELECT $$ delete $$` (words to MySQL) read-only.
+    # keeps MySQL's string function INSERT(...) read-only.
     scan_dml = family == "postgresql" or first == "WITH"
     for k, (kind, text) in enumerate(tokens):
-        if kind != _WORD:
+        if kind != WORD:
             continue
         if text == "INTO":
             return False
@@ -320,20 +275,20 @@ def _statement_is_read_only(tokens: list[_Token], start: int, family: str) -> bo
     return True
 
 
-def _is_lock_or_function(tokens: list[_Token], k: int) -> bool:
+def _is_lock_or_function(tokens: list[Token], k: int) -> bool:
     """True for the UPDATE of ``FOR [NO KEY] UPDATE`` and the REPLACE of ``replace(...)``."""
     if tokens[k][1] == "REPLACE":
-        return tokens[k + 1 : k + 2] == [_OPEN]
+        return tokens[k + 1 : k + 2] == [OPEN]
     if tokens[k][1] == "UPDATE":
-        before = [text if kind == _WORD else "" for kind, text in tokens[max(0, k - 3) : k]]
+        before = [text if kind == WORD else "" for kind, text in tokens[max(0, k - 3) : k]]
         return before[-1:] == ["FOR"] or before == ["FOR", "NO", "KEY"]
     return False
 
 
-def _explain_runs_nothing(tokens: list[_Token], j: int) -> bool:
+def _explain_runs_nothing(tokens: list[Token], j: int) -> bool:
     """False when EXPLAIN's options (`tokens` from `j`) ask it to run the statement."""
-    if tokens[j : j + 1] == [_OPEN]:  # PostgreSQL's (option [value], ...)
-        options: list[list[_Token]] = [[]]
+    if tokens[j : j + 1] == [OPEN]:  # PostgreSQL's (option [value], ...)
+        options: list[list[Token]] = [[]]
         depth = 1
         j += 1
         while depth:
@@ -341,24 +296,24 @@ def _explain_runs_nothing(tokens: list[_Token], j: int) -> bool:
                 return False
             token = tokens[j]
             j += 1
-            if token == _OPEN:
+            if token == OPEN:
                 depth += 1
-            elif token == _CLOSE:
+            elif token == CLOSE:
                 depth -= 1
-            if depth == 1 and token == _COMMA:
+            if depth == 1 and token == COMMA:
                 options.append([])
             elif depth:
                 options[-1].append(token)
         for option in options:
-            if not option or option[0][0] != _WORD:
+            if not option or option[0][0] != WORD:
                 return False  # ("analyze") is an option too
             if option[0][1] in _ANALYZE:
-                if len(option) != 2 or option[1][0] != _WORD or option[1][1] not in _FALSE:
+                if len(option) != 2 or option[1][0] != WORD or option[1][1] not in _FALSE:
                     return False
             elif _mentions_analyze(option):
                 return False
     return not _mentions_analyze(tokens[j:])
 
 
-def _mentions_analyze(tokens: list[_Token]) -> bool:
-    return any(kind == _WORD and text in _ANALYZE for kind, text in tokens)
+def _mentions_analyze(tokens: list[Token]) -> bool:
+    return any(kind == WORD and text in _ANALYZE for kind, text in tokens)

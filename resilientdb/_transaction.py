@@ -1,46 +1,51 @@
-"""Transactions: never replayed piecemeal, replayed whole only when that is provably safe.
+"""The transaction handle: statements on one connection, never replayed piecemeal.
 
-Inside ``db.transaction()`` a lost connection raises ``TransactionLost`` (the server rolls
-back an open transaction when its connection dies), and a connection lost while COMMIT is in
-flight raises ``OutcomeUnknown`` (the COMMIT may or may not have been applied).
-``run_in_transaction`` builds on exactly those two facts: it re-runs the whole callable after
-``TransactionLost`` and after serialization failures and deadlocks (rolled back by the
-server), and after a lost COMMIT only when the caller says the callable is idempotent.
+A handle is OPEN until its block ends (CLOSED: every call raises ``TransactionClosed`` and
+touches nothing), unless its connection is lost first (LOST: ``TransactionLost``, the server
+rolled back) or the server rolls the transaction back on its own (ROLLED_BACK:
+``TransactionRolledBack``). What the handle knows, it learns without round trips: the
+driver's transaction status after each statement, and the statement's text after a failure.
+
+``committed_early`` records that the transaction is no longer provably uncommitted: a
+statement committed it (MySQL/MariaDB commit implicitly before DDL, LOCK TABLES and more; a
+``COMMIT`` inside a multi-statement text). From then on a lost connection is
+``OutcomeUnknown``, never ``TransactionLost``, and ``run_in_transaction`` never runs the
+callable again. After such a commit a new transaction is opened at once, so the rest of the
+block stays atomic.
+
+A deadlock, serialization failure or lock wait timeout inside a transaction rolls the whole
+transaction back on every backend (the handle sends ROLLBACK where the server rolled back
+only the statement), so that what follows is certain: the next statement raises
+``TransactionRolledBack``, and ``run_in_transaction`` runs the callable again.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
+import enum
 import itertools
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 from ._redact import describe
+from ._replay import verdict
 from .backends.base import Connection, ErrorKind
-from .errors import DatabaseUnavailable, OutcomeUnknown, TransactionLost
+from .errors import OutcomeUnknown, TransactionClosed, TransactionLost, TransactionRolledBack
 
 if TYPE_CHECKING:
     from ._database import Database
 
-__all__ = ["Transaction", "run_in_transaction", "transaction"]
+__all__ = ["Transaction", "TxState"]
 
-T = TypeVar("T")
 _savepoint_ids = itertools.count(1)
 
-ISOLATION_LEVELS = ("READ UNCOMMITTED", "READ COMMITTED", "REPEATABLE READ", "SERIALIZABLE")
 
-
-def normalize_isolation(isolation: str | None) -> str | None:
-    """``"repeatable_read"`` / ``"Repeatable Read"`` -> ``"REPEATABLE READ"``; None stays."""
-    if isolation is None:
-        return None
-    level = " ".join(str(isolation).replace("_", " ").replace("-", " ").upper().split())
-    if level not in ISOLATION_LEVELS:
-        known = ", ".join(repr(x.lower().replace(" ", "_")) for x in ISOLATION_LEVELS)
-        raise ValueError(f"unknown isolation level {isolation!r}; use one of {known}")
-    return level
+class TxState(enum.Enum):
+    OPEN = "open"
+    LOST = "lost"  # the connection died: the server rolled back (unless committed_early)
+    ROLLED_BACK = "rolled back"  # the server (or the handle, after a lost race) rolled back
+    CLOSED = "closed"  # the block ended
 
 
 class Transaction:
@@ -48,47 +53,36 @@ class Transaction:
     ``execute``, ``executemany``, and ``tx.transaction()`` for a nested savepoint.
 
     Statements run on the transaction's one connection, in order, and are never replayed.
+    Inside the ``async with db.transaction()`` block, calls made on ``db`` itself by the same
+    task run here too. Once the block has ended, every call raises ``TransactionClosed``.
     """
 
-    __slots__ = ("_conn", "_db", "_generation", "lost")
+    __slots__ = (
+        "_begin", "_cause", "_conn", "_db", "_failed", "_generation", "committed",
+        "committed_early", "committing", "state",
+    )  # fmt: skip
 
-    def __init__(self, db: Database, conn: Connection, generation: int) -> None:
+    def __init__(
+        self, db: Database, conn: Connection, generation: int, begin: tuple[str, ...]
+    ) -> None:
         self._db = db
         self._conn = conn
         self._generation = generation
-        self.lost: BaseException | None = None
+        self._begin = begin
+        self.state = TxState.OPEN
+        self._cause: BaseException | None = None  # why the handle is LOST or ROLLED_BACK
+        self._failed: BaseException | None = None  # the last statement error, for COMMIT
+        self.committed_early = False
+        self.committing = False  # COMMIT was sent (or is being sent)
+        self.committed = False  # COMMIT answered: the transaction is committed
 
     @property
     def connection(self) -> Any:
         """The raw driver connection the transaction runs on."""
+        self._check()
         return self._db._backend.raw(self._conn)
 
-    async def _call(self, op: str, query: str, args: tuple[Any, ...], **kw: Any) -> Any:
-        if self.lost is not None:
-            raise TransactionLost(
-                f"backend {self._db.name!r}: the transaction's connection was lost earlier"
-            ) from self.lost
-        try:
-            return await getattr(self._conn, op)(query, *args, **kw)
-        except Exception as exc:
-            self._on_error(exc, op)
-            raise
-
-    def _on_error(self, exc: Exception, op: str) -> None:
-        db = self._db
-        kind = ErrorKind.CONNECTION if isinstance(exc, TimeoutError) else None
-        kind = kind or db._backend.classify(exc, self._conn)
-        if kind is not ErrorKind.CONNECTION:
-            return  # the statement's own error, or a lost race: raised unchanged
-        # Whatever the statement did is gone with the connection: the server rolls back.
-        db._backend.discard(self._conn)
-        self.lost = exc
-        if not isinstance(exc, TimeoutError):
-            db._monitor.report_lost(self._generation, exc, f"transaction {op}")
-        raise TransactionLost(
-            f"backend {db.name!r}: connection lost inside the transaction ({describe(exc)}); "
-            f"the server rolled it back"
-        ) from exc
+    # -- the calls ---------------------------------------------------------------------------
 
     async def fetch(self, query: str, *args: Any, timeout: float | None = None) -> list[Any]:
         """All rows of ``query``."""
@@ -117,7 +111,114 @@ class Transaction:
 
     def transaction(self) -> AbstractAsyncContextManager[Transaction]:
         """A nested block, as a savepoint: rolled back alone if the block raises."""
+        self._check()
         return self._savepoint()
+
+    def _check(self) -> None:
+        """Raise why nothing may be sent on this handle any more."""
+        state, db = self.state, self._db
+        if state is TxState.OPEN:
+            return
+        if state is TxState.CLOSED:
+            raise TransactionClosed(
+                f"backend {db.name!r}: this transaction's block has ended; its handle cannot "
+                f"run statements any more (nothing was sent). Open a new transaction."
+            )
+        if state is TxState.LOST:
+            raise TransactionLost(
+                f"backend {db.name!r}: the transaction's connection was lost earlier"
+            ) from self._cause
+        raise TransactionRolledBack(
+            f"backend {db.name!r}: the server rolled the transaction back earlier "
+            f"({describe(self._cause) if self._cause else 'no error recorded'}); nothing of "
+            f"it was written"
+        ) from self._cause
+
+    async def _call(self, op: str, query: str, args: tuple[Any, ...], **kw: Any) -> Any:
+        self._check()
+        conn = self._conn
+        try:
+            result = await getattr(conn, op)(query, *args, **kw)
+        except Exception as exc:
+            await self._after_error(exc, op, query)
+            raise
+        if not self._db._backend.in_transaction(conn):
+            # The statement ended the transaction (an implicit commit, or COMMIT/ROLLBACK in
+            # its text): what came before may be committed; the rest gets a new transaction.
+            await self._reopen(exc=None)
+        return result
+
+    async def _after_error(self, exc: Exception, op: str, query: str) -> None:
+        """Record what a failed statement did to the transaction; raise when it was lost."""
+        db = self._db
+        backend = db._backend
+        kind = ErrorKind.CONNECTION if isinstance(exc, TimeoutError) else None
+        kind = kind or backend.classify(exc, self._conn)
+        if kind is ErrorKind.CONNECTION:
+            ends = not backend.unsent(exc) and verdict(query, backend.facts.family).ends_transaction
+            raise self.lose(exc, f"transaction {op}", committing=ends)
+        if kind is ErrorKind.RETRYABLE:
+            # Rolled back, whole: certain on every backend (see the module docstring).
+            await self.rollback_quietly()
+            self._mark(TxState.ROLLED_BACK, exc)
+            return
+        self._failed = exc
+        if backend.facts.family == "mysql" and verdict(query, "mysql").ends_transaction:
+            # A failed statement that commits implicitly did so before it failed.
+            await self._reopen(exc)
+        elif not backend.in_transaction(self._conn):
+            self._mark(TxState.ROLLED_BACK, exc)  # the server ended it on this error
+
+    def lose(self, exc: BaseException, where: str, *, committing: bool) -> BaseException:
+        """The connection died: discard it and return the error to raise (TransactionLost, or
+        OutcomeUnknown when part of the transaction may have been committed)."""
+        db = self._db
+        db._backend.discard(self._conn)
+        self._mark(TxState.LOST, exc)
+        if isinstance(exc, TimeoutError):
+            db._monitor.report_suspect(self._generation, exc, where)
+        else:
+            db._monitor.report_lost(self._generation, exc, where)
+        if self.committed_early or committing:
+            db._monitor.outcome_unknown += 1
+            err: BaseException = OutcomeUnknown(
+                f"backend {db.name!r}: connection lost ({describe(exc)}) after part of the "
+                f"transaction may have been committed (a COMMIT, or a statement that commits "
+                f"implicitly); it is not known what was applied"
+            )
+        else:
+            err = TransactionLost(
+                f"backend {db.name!r}: connection lost inside the transaction "
+                f"({describe(exc)}); the server rolled it back"
+            )
+        err.__cause__ = exc
+        return err
+
+    def _mark(self, state: TxState, cause: BaseException | None) -> None:
+        if self.state is TxState.OPEN:
+            self.state = state
+            self._cause = cause
+
+    async def _reopen(self, exc: BaseException | None) -> None:
+        """After a commit inside the block: no longer provably uncommitted; start anew."""
+        self.committed_early = True
+        conn = self._conn
+        try:
+            for statement in self._begin:
+                await conn.execute(statement)
+        except Exception as failure:
+            kind = self._db._backend.classify(failure, conn)
+            if kind is ErrorKind.CONNECTION or isinstance(failure, TimeoutError):
+                raise self.lose(failure, "transaction", committing=True) from None
+            self._mark(TxState.ROLLED_BACK, exc or failure)
+
+    async def rollback_quietly(self) -> None:
+        """ROLLBACK, bounded; a connection that does not answer is discarded instead."""
+        bound = min(self._db._options.connect_timeout, 5.0)
+        try:
+            await self._conn.execute("ROLLBACK", timeout=bound)
+        except Exception:
+            self._db._backend.discard(self._conn)
 
     @asynccontextmanager
     async def _savepoint(self) -> AsyncIterator[Transaction]:
@@ -125,114 +226,10 @@ class Transaction:
         await self.execute(f"SAVEPOINT {name}")
         try:
             yield self
-        except BaseException:
-            if self.lost is None:
+        except Exception:
+            # (Cancelled: the enclosing transaction is abandoned whole, without waiting.)
+            if self.state is TxState.OPEN:
                 with contextlib.suppress(Exception):
-                    await asyncio.shield(self.execute(f"ROLLBACK TO SAVEPOINT {name}"))
+                    await self.execute(f"ROLLBACK TO SAVEPOINT {name}")
             raise
         await self.execute(f"RELEASE SAVEPOINT {name}")
-
-
-@asynccontextmanager
-async def transaction(
-    db: Database, *, isolation: str | None, readonly: bool, timeout: float | None
-) -> AsyncIterator[Transaction]:
-    """The body of ``Database.transaction()``."""
-    begin = db._backend.begin_statements(normalize_isolation(isolation), readonly)
-    attempts = 0
-    while True:
-        cm, conn, generation = await db._checkout(timeout)
-        tx = Transaction(db, conn, generation)
-        try:
-            for statement in begin:
-                await tx.execute(statement)
-            break
-        except TransactionLost as exc:
-            # Nothing of the caller's ran yet: open the transaction again on a new connection.
-            with contextlib.suppress(Exception):
-                await asyncio.shield(cm.__aexit__(None, None, None))
-            attempts += 1
-            if attempts > db._options.max_replays:
-                raise DatabaseUnavailable(
-                    f"backend {db.name!r}: connection lost while opening a transaction"
-                ) from exc.__cause__
-        except BaseException:
-            with contextlib.suppress(Exception):
-                await asyncio.shield(cm.__aexit__(None, None, None))
-            raise
-    try:
-        try:
-            yield tx
-        except BaseException:
-            if tx.lost is None:
-                # Shielded: a cancelled caller must not leave the transaction open.
-                with contextlib.suppress(Exception):
-                    await asyncio.shield(tx.execute("ROLLBACK"))
-            raise
-        await _commit(db, tx)
-    finally:
-        with contextlib.suppress(Exception):
-            await asyncio.shield(cm.__aexit__(None, None, None))
-
-
-async def _commit(db: Database, tx: Transaction) -> None:
-    if tx.lost is not None:
-        # The caller swallowed TransactionLost: there is nothing left to commit.
-        raise TransactionLost(f"backend {db.name!r}: the transaction was lost") from tx.lost
-    try:
-        await tx.execute("COMMIT")
-    except TransactionLost as exc:
-        if exc.__cause__ is not None and db._backend.unsent(exc.__cause__):
-            raise  # COMMIT never left: the server rolls the transaction back
-        db._monitor.outcome_unknown += 1
-        raise OutcomeUnknown(
-            f"backend {db.name!r}: connection lost while COMMIT was in flight; the "
-            f"transaction may or may not have been applied"
-        ) from exc.__cause__
-
-
-async def run_in_transaction(
-    db: Database,
-    fn: Callable[..., Awaitable[T]],
-    args: tuple[Any, ...],
-    *,
-    retries: int,
-    idempotent: bool,
-    timeout: float | None,
-    isolation: str | None,
-    readonly: bool,
-) -> T:
-    """The body of ``Database.run_in_transaction()``."""
-    if not callable(fn):
-        raise TypeError("run_in_transaction takes an async callable fn(tx, *args)")
-    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
-        raise ValueError(f"retries must be an integer >= 0, not {retries!r}")
-    loop = asyncio.get_running_loop()
-    deadline = None if timeout is None else loop.time() + timeout
-    attempt = 0
-    while True:
-        remaining = None if deadline is None else max(deadline - loop.time(), 0.001)
-        try:
-            async with transaction(
-                db, isolation=isolation, readonly=readonly, timeout=remaining
-            ) as tx:
-                return await fn(tx, *args)
-        except TransactionLost as exc:
-            cause: Exception = exc  # lost before COMMIT was sent: rolled back, safe to re-run
-        except OutcomeUnknown as exc:
-            if not idempotent:
-                raise
-            cause = exc
-        except Exception as exc:
-            if db._backend.classify(exc) is not ErrorKind.RETRYABLE:
-                raise
-            cause = exc  # serialization failure, deadlock, busy: the server rolled back
-        attempt += 1
-        if attempt > retries:
-            raise cause
-        if deadline is not None and loop.time() >= deadline:
-            raise DatabaseUnavailable(
-                f"backend {db.name!r}: transaction reached its deadline: {describe(cause)}"
-            ) from cause
-        db._monitor.replayed("run_in_transaction", attempt, cause)
-        await asyncio.sleep(db._options.backoff.delay(attempt))

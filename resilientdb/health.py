@@ -330,6 +330,8 @@ async def _ping(
             monitor.report_lost(generation, exc, "health")
         elif stage == "ping" and _kind(monitor, exc) is ErrorKind.CONNECTION:
             monitor.report_lost(generation, exc, "health")
+        # The supervisor checks the server now: report its verdict (bounded by the check).
+        await monitor.settled(deadline)
         return HealthStatus.FAIL, None, text, f"{stage} failed: {text}"
 
 

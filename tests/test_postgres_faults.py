@@ -86,6 +86,7 @@ async def test_readers_ride_out_restart_and_reset(pg: PostgresServer, proxy: Fau
         mark = done
         await until(lambda: done > mark + 200)
         assert sup.db._monitor.reconnects >= 1
+        reconnects = sup.db._monitor.reconnects
         resets = proxy.reset()
         assert resets >= 1 and proxy.stats.resets >= resets
         mark = done
@@ -93,13 +94,15 @@ async def test_readers_ride_out_restart_and_reset(pg: PostgresServer, proxy: Fau
         stop.set()
         await asyncio.gather(*readers)
         assert sup.state is State.CONNECTED
+        # Connections reset while the server is up are replaced one by one: no outage.
+        assert sup.db._monitor.reconnects == reconnects
     assert errors == []
     assert set(paths) == {"app_schema, public"}  # on_connect ran again on every new connection
     states = rec.states()
     assert states[:2] == ["connecting", "connected"]
-    assert states.count("reconnecting") >= 2 and states[-2:] == ["connected", "closed"]
-    assert len(rec.of(events.Disconnected)) >= 2
-    assert len(rec.of(events.Reconnected)) >= 2
+    assert states.count("reconnecting") == 1 and states[-2:] == ["connected", "closed"]
+    assert len(rec.of(events.Disconnected)) == 1
+    assert len(rec.of(events.Reconnected)) == 1
     assert rec.of(events.OperationReplayed)  # readers in flight were replayed, not failed
 
 

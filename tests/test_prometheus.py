@@ -50,10 +50,13 @@ async def test_exposition_names_and_values() -> None:
     registry = CollectorRegistry()
     register(sup, registry)
     async with sup:
-        # One replay after a lost connection (a reconnect), one unknown outcome.
+        # One replay after a lost connection (a reconnect: the check's probe finds the server
+        # down once), one unknown outcome (another reconnect).
         main.fail_next(FakeConnectionLost("lost"), sent=True)
+        main.connect_outcomes.append(ConnectionRefusedError("down"))
         assert await sup["main"].fetch("SELECT 1") == [1]
         main.fail_next(FakeConnectionLost("lost"), sent=True)
+        main.connect_outcomes.append(ConnectionRefusedError("down"))
         with pytest.raises(OutcomeUnknown):
             await sup["main"].execute("INSERT INTO t VALUES (1)")
         await sup.wait_until_connected(timeout=5)

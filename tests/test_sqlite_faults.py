@@ -153,8 +153,11 @@ async def test_transactions_hold_the_connection_whole(path: str, threads: None) 
         async with sup.db.transaction() as tx:  # BEGIN IMMEDIATE: the write lock is ours now
             await tx.execute("INSERT INTO log VALUES ('tx')")
             other = asyncio.create_task(sup.db.execute("INSERT INTO log VALUES ('other')"))
-            # A reader beside the writer sees the last committed state at once (WAL).
-            assert await sup.db.fetchval("SELECT count(*) FROM log", timeout=2) == 0
+            # A reader beside the writer (another task: this one's calls join the transaction)
+            # sees the last committed state at once (WAL).
+            reader = asyncio.create_task(sup.db.fetchval("SELECT count(*) FROM log", timeout=2))
+            assert await reader == 0
+            assert await sup.db.fetchval("SELECT count(*) FROM log") == 1  # joined
             await asyncio.sleep(0.3)
             assert not other.done()  # the other writer waits for the lock
         assert await asyncio.wait_for(other, timeout=5) == 1
@@ -367,7 +370,8 @@ async def test_connection_closed_underneath_is_reopened_and_replayed(
         assert await sup.db.execute("INSERT INTO log VALUES ('two')") == 1
         assert sorted(r[0] for r in await sup.db.fetch("SELECT v FROM log")) == ["one", "two"]
         assert sup.state is State.CONNECTED
-    assert len(rec.of(events.Reconnected)) == 2
+    # One connection dying is no outage: the check found the file fine, nothing was retired.
+    assert not rec.of(events.Reconnected) and not rec.of(events.Disconnected)
     reasons = [e.reason for e in rec.of(events.OperationReplayed)]
     assert reasons == ["ValueError", "ProgrammingError"]
 

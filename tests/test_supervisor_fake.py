@@ -103,6 +103,7 @@ async def test_read_replayed_after_connection_lost_once_reconnected() -> None:
     rec = Recorder(sup)
     async with sup:
         backend.fail_next(FakeConnectionLost("closed in the middle"), sent=True)
+        backend.connect_outcomes.append(ConnectionRefusedError("down"))  # the check's probe
         assert await sup.db.fetch("SELECT * FROM t") == [1]
         assert backend.refreshes == 1  # the old pool generation was retired
         await asyncio.sleep(0.01)
@@ -111,6 +112,21 @@ async def test_read_replayed_after_connection_lost_once_reconnected() -> None:
     assert replayed.operation == "fetch" and replayed.replay == 1
     assert len(rec.of(events.Disconnected)) == 1 and len(rec.of(events.Reconnected)) == 1
     assert sup.stats()["default"]["replays"] == 1
+
+
+async def test_one_lost_connection_is_no_outage_when_the_server_answers() -> None:
+    sup, backend = make()
+    rec = Recorder(sup)
+    async with sup:
+        backend.fail_next(FakeConnectionLost("closed in the middle"), sent=True)
+        assert await sup.db.fetch("SELECT * FROM t") == [1]
+        assert backend.probes == 1  # the check: the server answers, so nothing is retired
+        assert backend.refreshes == 0 and sup.db._monitor.reconnects == 0
+        await asyncio.sleep(0.01)
+    assert rec.states() == ["connecting", "connected", "closed"]
+    assert not rec.of(events.Disconnected)
+    [replayed] = rec.of(events.OperationReplayed)
+    assert replayed.operation == "fetch"
 
 
 @pytest.mark.parametrize(
@@ -291,11 +307,17 @@ async def test_stale_generation_does_not_start_a_second_outage() -> None:
     async with sup:
         monitor = sup.db._monitor
         old = monitor.generation
+        backend.connect_outcomes.append(ConnectionRefusedError("down"))  # the check fails
         monitor.report_lost(old, FakeConnectionLost("x"), "fetch")
+        assert monitor.checking
+        await monitor.settled(None)
+        assert sup.state is State.RECONNECTING
         await sup.wait_until_connected(timeout=1)
         assert monitor.generation == old + 1
         monitor.report_lost(old, FakeConnectionLost("late"), "fetch")
+        await asyncio.sleep(0.01)
         assert sup.state is State.CONNECTED and backend.refreshes == 1
+        assert backend.probes == 2  # the check and the reconnect: the late report made none
 
 
 async def test_cancelling_waiters_leaves_nothing_behind() -> None:

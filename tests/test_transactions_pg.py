@@ -9,7 +9,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from resilientdb import OutcomeUnknown, Supervisor, TransactionLost, events
+from resilientdb import OutcomeUnknown, Supervisor, TransactionLost, TransactionRolledBack, events
 from resilientdb.config import parse_dsn, with_host
 from resilientdb.testing import FaultProxy
 from tests.servers import PostgresServer
@@ -48,11 +48,14 @@ async def test_commit_rollback_and_savepoint(sup: Supervisor) -> None:
             await tx.execute("UPDATE acct SET balance = 0 WHERE id = 1")
             raise ZeroDivisionError
     assert await db.fetchval("SELECT balance FROM acct WHERE id = 1") == 90
-    async with db.transaction(isolation="serializable", readonly=True) as tx:
-        assert await tx.fetchval("SHOW transaction_isolation") == "serializable"
-        assert await tx.fetchval("SHOW transaction_read_only") == "on"
-        with pytest.raises(asyncpg.ReadOnlySQLTransactionError):
-            await tx.execute("UPDATE acct SET balance = 1")
+    with pytest.raises(TransactionRolledBack) as info:
+        async with db.transaction(isolation="serializable", readonly=True) as tx:
+            assert await tx.fetchval("SHOW transaction_isolation") == "serializable"
+            assert await tx.fetchval("SHOW transaction_read_only") == "on"
+            with pytest.raises(asyncpg.ReadOnlySQLTransactionError):
+                await tx.execute("UPDATE acct SET balance = 1")
+    # The caught error aborted the transaction: COMMIT was answered ROLLBACK, and said so.
+    assert isinstance(info.value.__cause__, asyncpg.ReadOnlySQLTransactionError)
     with pytest.raises(ValueError, match="isolation"):
         async with db.transaction(isolation="chaotic"):
             pass

@@ -136,9 +136,10 @@ class MySQLConnection:
                 while await cur.nextset():
                     pass  # later result sets (multi-statements): their errors are ours
             except BaseException as exc:
-                if not isinstance(exc, myerr.MySQLError):
+                if not isinstance(exc, myerr.MySQLError | UnicodeEncodeError):
                     # Cancelled, timed out, or failed mid-protocol: unread bytes may follow,
-                    # so the connection cannot be reused. (A server error leaves it in step.)
+                    # so the connection cannot be reused. (A server error leaves it in step;
+                    # a query the charset cannot encode fails before anything is written.)
                     raw.close()
                 raise
         columns = [d[0] for d in description] if description else []

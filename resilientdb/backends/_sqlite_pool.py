@@ -99,7 +99,11 @@ class SQLitePool:
             if link is not None:
                 return link
             if len(self._all) + self._opening < self._max:
-                return await self._open_pooled()
+                if deadline is None:
+                    return await self._open_pooled()
+                # The caller's bound covers opening too (on_connect included).
+                async with asyncio.timeout_at(deadline):
+                    return await self._open_pooled()
             link = await self._wait(deadline)
             if link is not None:
                 if self._usable(link) and not self._closed:

@@ -17,12 +17,15 @@ from ..config import DSN, Options
 
 __all__ = [
     "Backend",
+    "BackendFacts",
     "ConnectPaused",
     "Connection",
     "ErrorKind",
+    "LooksUpFunctions",
     "Maintains",
     "PoolStats",
     "TrimsIdle",
+    "is_client_error",
     "with_closed_flag",
 ]
 
@@ -42,6 +45,19 @@ class ErrorKind(enum.Enum):
     RETRYABLE = "retryable"  # the connection is fine; the transaction lost a race
     PERMANENT = "permanent"  # reconnecting will not help (credentials, missing database)
     QUERY = "query"  # the statement itself is wrong: surface unchanged
+
+
+@dataclass(frozen=True, slots=True)
+class BackendFacts:
+    """What the replay and transaction rules need to know about a backend's server."""
+
+    family: str
+    """How its server reads SQL: ``"postgresql"``, ``"mysql"`` or ``"sqlite"``."""
+    atomic_batch: bool
+    """``executemany`` applies every row or none (one transaction on the server)."""
+    readonly_guard: tuple[str, str] | None = None
+    """Statements that open and close a read-only transaction: a replay judged read-only by
+    its text runs inside them, so that a write the text did not show is refused."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +106,7 @@ class Backend(Protocol):
 
     dsn: DSN
     options: Options
+    facts: BackendFacts
 
     @property
     def opened(self) -> bool:
@@ -152,6 +169,20 @@ class Backend(Protocol):
         """Pool gauges now (zeros when not open)."""
         ...
 
+    def in_transaction(self, conn: Connection) -> bool:
+        """Whether the server (as of its last reply) has a transaction open on ``conn``; no
+        round trip. After an error some drivers keep the previous answer."""
+        ...
+
+    def commit_applied(self, result: Any) -> bool:
+        """Whether the result of a successful ``COMMIT`` says it committed (PostgreSQL answers
+        COMMIT of an aborted transaction with the tag ``ROLLBACK``)."""
+        ...
+
+    def write_refused(self, exc: BaseException) -> bool:
+        """Whether ``exc`` is the server refusing a write in a read-only transaction."""
+        ...
+
 
 class TrimsIdle(Protocol):
     """Optional adapter capability, used by the memory watchdog (called through ``getattr``).
@@ -177,10 +208,28 @@ class Maintains(Protocol):
         ...
 
 
-def with_closed_flag(kind: ErrorKind, conn: Connection | None) -> ErrorKind:
+class LooksUpFunctions(Protocol):
+    """Optional adapter capability (PostgreSQL): the catalog facts the replay rules need."""
+
+    async def harmless_functions(
+        self, conn: Connection, names: frozenset[str]
+    ) -> tuple[frozenset[str], frozenset[str]]:
+        """Of ``names``, those whose every overload is STABLE or IMMUTABLE; and the names of
+        the operators implemented by a VOLATILE function."""
+        ...
+
+
+def is_client_error(exc: BaseException) -> bool:
+    """An error the client raised about the caller's own input before sending it (a string
+    the connection's encoding cannot carry). Some drivers close the connection after it; that
+    is still the caller's error, not a lost connection."""
+    return isinstance(exc, UnicodeEncodeError)
+
+
+def with_closed_flag(kind: ErrorKind, conn: Connection | None, exc: BaseException) -> ErrorKind:
     """``kind``, except that an unfamiliar (QUERY) error on a connection that is now closed
-    is a lost connection: DESIGN.md decides "connection lost" from the closed flag too."""
-    if kind is ErrorKind.QUERY and conn is not None:
+    is a lost connection (the closed flag decides too), unless it was the client's own."""
+    if kind is ErrorKind.QUERY and conn is not None and not is_client_error(exc):
         try:
             if conn.is_closed():
                 return ErrorKind.CONNECTION

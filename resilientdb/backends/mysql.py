@@ -53,11 +53,19 @@ from .._redact import register_secret
 from ..config import DSN, Options
 from ._mysql_connection import MySQLConnection, driver_kwargs, quit_raw
 from ._mysql_pool import Pool
-from .base import Connection, ErrorKind, PoolStats, with_closed_flag
+from .base import BackendFacts, Connection, ErrorKind, PoolStats, with_closed_flag
 
 __all__ = ["CODE_KINDS", "MySQLBackend", "MySQLConnection", "classify_error"]
 
 C, R, P, Q = ErrorKind.CONNECTION, ErrorKind.RETRYABLE, ErrorKind.PERMANENT, ErrorKind.QUERY
+FACTS = BackendFacts(
+    "mysql",
+    # PyMySQL runs a batch as separate statements (or a multi-row INSERT), each committing
+    # on its own in autocommit mode: a failure midway leaves the earlier rows applied.
+    atomic_batch=False,
+    readonly_guard=("START TRANSACTION READ ONLY", "COMMIT"),
+)
+ER_CANT_EXECUTE_IN_READ_ONLY_TRANSACTION = 1792
 
 # Error number (server ER_* or client CR_*) -> kind. Codes not listed are QUERY (syntax 1064,
 # duplicate key 1062, unknown table 1146, KILL QUERY 1317, statement timeouts 1969/3024...).
@@ -145,6 +153,8 @@ def _classify_one(exc: BaseException) -> ErrorKind:
 class MySQLBackend:
     """A small aiomysql pool plus MySQL's and MariaDB's error semantics."""
 
+    facts = FACTS
+
     def __init__(self, dsn: DSN, options: Options) -> None:
         self.dsn = dsn
         self.options = options
@@ -217,7 +227,7 @@ class MySQLBackend:
     # -- errors -------------------------------------------------------------------------------
 
     def classify(self, exc: BaseException, conn: Connection | None = None) -> ErrorKind:
-        return with_closed_flag(classify_error(exc), conn)
+        return with_closed_flag(classify_error(exc), conn, exc)
 
     def classify_connect(self, exc: BaseException) -> ErrorKind:
         kind = classify_error(exc)
@@ -236,6 +246,18 @@ class MySQLBackend:
 
     def stats(self) -> PoolStats:
         return self._pool.stats()
+
+    def in_transaction(self, conn: Connection) -> bool:
+        # SERVER_STATUS_IN_TRANS of the last OK packet: an implicit commit clears it.
+        return bool(cast(MySQLConnection, conn).raw.get_transaction_status())
+
+    def commit_applied(self, result: Any) -> bool:
+        return True  # MySQL answers a COMMIT that cannot commit with an error
+
+    def write_refused(self, exc: BaseException) -> bool:
+        return isinstance(exc, myerr.MySQLError) and (
+            _errno(exc) == ER_CANT_EXECUTE_IN_READ_ONLY_TRANSACTION
+        )
 
 
 if TYPE_CHECKING:

@@ -3,12 +3,23 @@
 asyncpg's pool reconnects lazily on acquire, which is what the supervisor wants: while the
 gate is closed nobody acquires, so only the reconnect loop's probe knocks on the server, and
 after recovery ``expire_connections()`` retires the old generation in one call.
+
+``on_connect`` runs once per new connection, bounded by ``connect_timeout``. asyncpg's release
+runs ``RESET ALL``, which would undo the session settings the hook made; so after the hook
+the session's settings are read back once, and that connection's reset query restores them
+(``RESET ALL`` then ``set_config`` of each): every call starts from the hook's state, and a
+``SET`` made by one call never leaks into the next. Releasing is bounded too: a connection
+whose reset does not answer in time is terminated (asyncpg's own rule).
+
+An acquire that would open a new connection is bounded by the caller's timeout (the shared
+timeout wheel); one that finds an open connection free takes no timer at all.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import random
 import time
 from collections.abc import Callable, Mapping
@@ -24,6 +35,7 @@ from ..config import DSN, Options
 from ._sockets import tune_transport
 from .base import (
     Backend,
+    BackendFacts,
     Connection,
     ConnectPaused,
     ErrorKind,
@@ -36,6 +48,39 @@ from .base import (
 __all__ = ["SQLSTATE_KINDS", "PostgresBackend", "classify_error"]
 
 CLOSE_TIMEOUT = 5.0
+FACTS = BackendFacts("postgresql", atomic_batch=True, readonly_guard=("BEGIN READ ONLY", "COMMIT"))
+# Session settings after on_connect, and what restores them on release.
+_SESSION_SETTINGS = (
+    "SELECT name, current_setting(name) FROM pg_catalog.pg_settings WHERE source = 'session'"
+)
+_FUNCTIONS = (
+    "SELECT p.proname::text, bool_or(p.provolatile = 'v') FROM pg_catalog.pg_proc p "
+    "WHERE p.proname::text = ANY($1::text[]) GROUP BY p.proname"
+)
+_VOLATILE_OPERATORS = (
+    "SELECT DISTINCT o.oprname::text FROM pg_catalog.pg_operator o "
+    "JOIN pg_catalog.pg_proc p ON p.oid = o.oprcode WHERE p.provolatile = 'v'"
+)
+
+
+def _with_own_reset(base: type[Any]) -> type[Any]:
+    """``base`` (an asyncpg connection class) with a reset query set per connection."""
+
+    def get_reset_query(self: Any) -> str:
+        own: str | None = getattr(self, "_resilientdb_reset", None)
+        return own if own is not None else str(base.get_reset_query(self))
+
+    # No __slots__: instances get the __dict__ that holds `_resilientdb_reset`.
+    return type(f"Resilient{base.__name__}", (base,), {"get_reset_query": get_reset_query})
+
+
+_Connection = _with_own_reset(asyncpg.Connection)
+
+
+def _literal(text: str) -> str:
+    # E'' reads the same whatever standard_conforming_strings says.
+    return "E'" + text.replace("\\", "\\\\").replace("'", "''") + "'"
+
 
 C, R, P = ErrorKind.CONNECTION, ErrorKind.RETRYABLE, ErrorKind.PERMANENT
 
@@ -102,10 +147,15 @@ def _classify_one(exc: BaseException) -> ErrorKind:
 class PostgresBackend:
     """asyncpg pool plus PostgreSQL's error semantics."""
 
+    facts = FACTS
+
     def __init__(self, dsn: DSN, options: Options) -> None:
         self.dsn = dsn
         self.options = options
         self._pool: asyncpg.Pool[asyncpg.Record] | None = None
+        # Giving a connection back runs asyncpg's reset query: bounded like any statement.
+        self._release_timeout = min(options.connect_timeout, options.command_timeout or math.inf)
+        self._connection_class = _connection_class(options.connect_kwargs)
         self._may_connect: Callable[[], bool] = lambda: True
         self._wheel = TimeoutWheel()
         self._expires: dict[int, float] = {}  # server pid -> when the connection retires
@@ -120,8 +170,18 @@ class PostgresBackend:
 
     async def _init_connection(self, conn: asyncpg.Connection[asyncpg.Record]) -> None:
         hook = self.options.on_connect
-        if hook is not None:
+        if hook is None:
+            return
+        async with asyncio.timeout(self.options.connect_timeout):
             await hook(conn)
+            settings = await conn.fetch(_SESSION_SETTINGS)
+        restore = ", ".join(
+            f"pg_catalog.set_config({_literal(name)}, {_literal(value)}, false)"
+            for name, value in settings
+        )
+        base = cast(Any, type(conn)).__bases__[0].get_reset_query(conn)  # the driver's own
+        with contextlib.suppress(AttributeError):  # a connection class of the user's own
+            cast(Any, conn)._resilientdb_reset = base + (f"\nSELECT {restore};" if restore else "")
 
     def begin_statements(self, isolation: str | None, readonly: bool) -> tuple[str, ...]:
         sql = "BEGIN"
@@ -152,11 +212,6 @@ class PostgresBackend:
             conn.add_termination_listener(lambda _c: self._expires.pop(pid, None))
         return conn
 
-    async def _reset_connection(self, conn: asyncpg.Connection[asyncpg.Record]) -> None:
-        # asyncpg's release runs RESET ALL, which would undo what on_connect set (search_path,
-        # session settings) after the first use; run the hook again so it always holds.
-        await self._init_connection(conn)
-
     async def open(self) -> None:
         opts = self.options
         pool = asyncpg.create_pool(
@@ -172,8 +227,7 @@ class PostgresBackend:
             command_timeout=opts.command_timeout,
             init=self._init_connection,
             connect=self._pool_connect,
-            reset=self._reset_connection if opts.on_connect is not None else None,
-            **dict(opts.connect_kwargs),
+            **{**opts.connect_kwargs, "connection_class": self._connection_class},
         )
         # min_size connections open concurrently, each bounded by `timeout`; the outer bound
         # covers on_connect hooks too. A failed open terminates what it opened.
@@ -213,12 +267,9 @@ class PostgresBackend:
         pool = self._pool
         if pool is None:
             raise pgexc.InterfaceError("pool is closed")
-        queue = getattr(pool, "_queue", None)
-        if timeout is None or (queue is not None and not queue.empty()):
-            # A holder is free: acquire() returns without waiting (opening a connection is
-            # bounded by connect_timeout), so skip asyncpg's wait_for, which costs a task.
-            return cast(AbstractAsyncContextManager[Connection], pool.acquire())
-        return _TimedAcquire(pool, timeout, self._wheel)
+        if timeout is not None and _connected_holder_free(pool):
+            timeout = None  # acquire() returns without waiting or connecting: no timer needed
+        return _Lease(pool, timeout, self._wheel, self._release_timeout)
 
     def raw(self, conn: Connection) -> Any:
         return conn
@@ -229,7 +280,7 @@ class PostgresBackend:
             cast("asyncpg.Connection[asyncpg.Record]", conn).terminate()
 
     def classify(self, exc: BaseException, conn: Connection | None = None) -> ErrorKind:
-        return with_closed_flag(classify_error(exc), conn)
+        return with_closed_flag(classify_error(exc), conn, exc)
 
     def classify_connect(self, exc: BaseException) -> ErrorKind:
         kind = classify_error(exc)
@@ -306,6 +357,28 @@ class PostgresBackend:
                 dead += 1
         return dead
 
+    def in_transaction(self, conn: Connection) -> bool:
+        return bool(cast("asyncpg.Connection[asyncpg.Record]", conn).is_in_transaction())
+
+    def commit_applied(self, result: Any) -> bool:
+        return bool(result != "ROLLBACK")  # COMMIT of an aborted transaction answers ROLLBACK
+
+    def write_refused(self, exc: BaseException) -> bool:
+        return isinstance(exc, pgexc.PostgresError) and bool(exc.sqlstate == "25006")
+
+    async def harmless_functions(
+        self, conn: Connection, names: frozenset[str]
+    ) -> tuple[frozenset[str], frozenset[str]]:
+        """Of ``names``, those with no VOLATILE overload; the VOLATILE operators' names."""
+        raw = cast("asyncpg.Connection[asyncpg.Record]", conn)
+        bound = self.options.connect_timeout
+        rows = await raw.fetch(_FUNCTIONS, sorted(names), timeout=bound)
+        operators = await raw.fetch(_VOLATILE_OPERATORS, timeout=bound)
+        return (
+            frozenset(name for name, volatile in rows if not volatile),
+            frozenset(op for (op,) in operators),
+        )
+
     def stats(self) -> PoolStats:
         pool, opts = self._pool, self.options
         if pool is None:
@@ -314,25 +387,55 @@ class PostgresBackend:
         return PoolStats(size, idle, size - idle, opts.min_size, opts.max_size)
 
 
-class _TimedAcquire:
-    """``pool.acquire()`` bounded through the adapter's shared timeout wheel."""
+class _Lease:
+    """``pool.acquire()`` bounded through the adapter's shared timeout wheel (``timeout``
+    None: unbounded, for a free open connection), and a bounded release."""
 
-    __slots__ = ("_conn", "_pool", "_timeout", "_wheel")
+    __slots__ = ("_conn", "_pool", "_release_timeout", "_timeout", "_wheel")
 
     def __init__(
-        self, pool: asyncpg.Pool[asyncpg.Record], timeout: float, wheel: TimeoutWheel
+        self,
+        pool: asyncpg.Pool[asyncpg.Record],
+        timeout: float | None,
+        wheel: TimeoutWheel,
+        release_timeout: float,
     ) -> None:
         self._pool = pool
         self._timeout = timeout
         self._wheel = wheel
+        self._release_timeout = release_timeout
         self._conn: Any = None
 
     async def __aenter__(self) -> Connection:
-        self._conn = await self._wheel.wait(self._pool.acquire(), self._timeout)
+        acquiring = self._pool.acquire()
+        if self._timeout is None:
+            self._conn = await acquiring
+        else:
+            self._conn = await self._wheel.wait(acquiring, self._timeout)
         return cast(Connection, self._conn)
 
     async def __aexit__(self, *exc_info: object) -> None:
-        await self._pool.release(self._conn)
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            await self._pool.release(conn, timeout=self._release_timeout)
+
+
+def _connected_holder_free(pool: asyncpg.Pool[asyncpg.Record]) -> bool:
+    """Whether ``pool.acquire()`` would hand out an open connection at once (asyncpg's
+    holders queue is LIFO: the last one is next), so it needs no timeout."""
+    queue = getattr(getattr(pool, "_queue", None), "_queue", None)
+    if not queue:
+        return False
+    con = getattr(queue[-1], "_con", None)
+    return con is not None and not con.is_closed()
+
+
+def _connection_class(connect_kwargs: Mapping[str, Any]) -> type[Any]:
+    """Our connection class, over the user's own when ``connect_kwargs`` names one."""
+    theirs = connect_kwargs.get("connection_class")
+    if theirs is None or theirs is asyncpg.Connection:
+        return _Connection
+    return _with_own_reset(theirs)
 
 
 async def _warm_up(pool: asyncpg.Pool[asyncpg.Record], count: int) -> None:

@@ -66,7 +66,14 @@ from ..errors import ConfigurationError
 from ._sqlite_connection import CLOSE_TIMEOUT, Link, SQLiteConnection
 from ._sqlite_errors import DatabaseFileMoved, error_code
 from ._sqlite_pool import PoolClosed, SQLitePool, dispose
-from .base import Connection, ConnectPaused, ErrorKind, PoolStats, with_closed_flag
+from .base import (
+    BackendFacts,
+    Connection,
+    ConnectPaused,
+    ErrorKind,
+    PoolStats,
+    with_closed_flag,
+)
 
 __all__ = [
     "EXTENDED_KINDS",
@@ -87,6 +94,9 @@ _JOURNAL_MODES = frozenset({"wal", "delete", "truncate", "persist"})
 _RESERVED_KWARGS = frozenset({"database", "uri", "isolation_level"})
 
 C, R, P, Q = ErrorKind.CONNECTION, ErrorKind.RETRYABLE, ErrorKind.PERMANENT, ErrorKind.QUERY
+# executemany runs in one BEGIN IMMEDIATE transaction; no server functions can write, so a
+# replay needs no read-only guard (user functions registered on a connection count as writes).
+FACTS = BackendFacts("sqlite", atomic_batch=True, readonly_guard=None)
 
 # Primary result code (sqlite_errorcode & 0xFF) -> kind, for every extended code of the family.
 # EXTENDED_KINDS overrides single extended codes. Codes not listed are QUERY.
@@ -176,6 +186,8 @@ class SQLiteBackend(SQLitePool):
     ``connect_kwargs`` go to ``aiosqlite.connect`` (``database``, ``uri`` and
     ``isolation_level`` are the adapter's own).
     """
+
+    facts = FACTS
 
     def __init__(self, dsn: DSN, options: Options) -> None:
         opts = dsn.options
@@ -293,7 +305,7 @@ class SQLiteBackend(SQLitePool):
             link.discarded = True
 
     def classify(self, exc: BaseException, conn: Connection | None = None) -> ErrorKind:
-        return with_closed_flag(classify_error(exc), conn)
+        return with_closed_flag(classify_error(exc), conn, exc)
 
     def classify_connect(self, exc: BaseException) -> ErrorKind:
         kind = classify_error(exc)
@@ -307,6 +319,15 @@ class SQLiteBackend(SQLitePool):
     def stats(self) -> PoolStats:
         size, idle = len(self._all), len(self._idle)
         return PoolStats(size, idle, size - idle, self._min, self._max)
+
+    def in_transaction(self, conn: Connection) -> bool:
+        return cast(SQLiteConnection, conn).in_transaction
+
+    def commit_applied(self, result: Any) -> bool:
+        return True  # SQLite answers a COMMIT that cannot commit with an error
+
+    def write_refused(self, exc: BaseException) -> bool:
+        return False  # no read-only guard (FACTS)
 
 
 def _check_settings(

@@ -15,7 +15,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..backends.base import Connection, ErrorKind, PoolStats
+from ..backends.base import BackendFacts, Connection, ErrorKind, PoolStats
 from ..config import DSN, SCHEMES, Options, _Driver
 
 __all__ = [
@@ -50,6 +50,7 @@ class FakeConnection:
     backend: FakeBackend
     generation: int
     closed: bool = False
+    in_tx: bool = False
     calls: list[tuple[str, str]] = field(default_factory=list)
 
     async def _run(self, op: str, query: str, result: Any, timeout: float | None) -> Any:
@@ -68,6 +69,11 @@ class FakeConnection:
             async with asyncio.timeout(timeout):
                 await asyncio.sleep(b.delay)
         b.executed.append((op, query))
+        word = query.split(None, 1)[0].upper() if query.strip() else ""
+        if word in ("BEGIN", "START"):
+            self.in_tx = True
+        elif word in ("COMMIT", "ROLLBACK", "END"):
+            self.in_tx = False
         return result
 
     async def fetch(self, query: str, *args: Any, timeout: float | None = None) -> list[Any]:
@@ -96,6 +102,8 @@ class FakeConnection:
 
 class FakeBackend:
     """The scripted adapter. Public attributes are the script and the record."""
+
+    facts = BackendFacts("postgresql", atomic_batch=True, readonly_guard=None)
 
     def __init__(self, dsn: DSN, options: Options) -> None:
         self.dsn = dsn
@@ -216,6 +224,15 @@ class FakeBackend:
 
     def stats(self) -> PoolStats:
         return PoolStats(self.in_use, 0, self.in_use, self.options.min_size, self.options.max_size)
+
+    def in_transaction(self, conn: Connection) -> bool:
+        return isinstance(conn, FakeConnection) and conn.in_tx
+
+    def commit_applied(self, result: Any) -> bool:
+        return True
+
+    def write_refused(self, exc: BaseException) -> bool:
+        return False
 
 
 SCHEMES["fake"] = _Driver(

@@ -1,0 +1,332 @@
+"""Transaction blocks: ``db.transaction()`` and ``db.run_in_transaction()``.
+
+A block opens a transaction on one connection (retrying the open while nothing of the
+caller's has run), hands out its ``Transaction``, and ends it: COMMIT when the block ends,
+checked for what the server did (PostgreSQL answers COMMIT of an aborted transaction with
+ROLLBACK); ROLLBACK when it raises. A cancelled block never waits on the network: its
+rollback and release go to the background.
+
+``run_in_transaction`` builds on the handle's facts: it runs the callable again after
+``TransactionLost`` (rolled back before COMMIT was sent), after a lost race (deadlock,
+serialization failure, lock wait timeout: rolled back whole), and after a lost COMMIT only
+when the caller says the callable is idempotent. Never after an implicit commit, unless
+idempotent. Its ``timeout`` bounds the whole call, the callable included: past it the
+transaction is abandoned (rolled back by the server) and ``DatabaseUnavailable`` raised, or
+``OutcomeUnknown`` when COMMIT was already in flight. Once an attempt may have been applied,
+the final error is ``OutcomeUnknown``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar, cast
+
+from ._engine import deadline_after
+from ._redact import describe
+from ._transaction import Transaction, TxState
+from .backends.base import ErrorKind
+from .errors import DatabaseUnavailable, OutcomeUnknown, TransactionLost, TransactionRolledBack
+
+if TYPE_CHECKING:
+    from ._database import Database
+
+__all__ = ["normalize_isolation", "run_in_transaction", "transaction"]
+
+T = TypeVar("T")
+
+ISOLATION_LEVELS = ("READ UNCOMMITTED", "READ COMMITTED", "REPEATABLE READ", "SERIALIZABLE")
+
+
+def normalize_isolation(isolation: str | None) -> str | None:
+    """``"repeatable_read"`` / ``"Repeatable Read"`` -> ``"REPEATABLE READ"``; None stays."""
+    if isolation is None:
+        return None
+    level = " ".join(str(isolation).replace("_", " ").replace("-", " ").upper().split())
+    if level not in ISOLATION_LEVELS:
+        known = ", ".join(repr(x.lower().replace(" ", "_")) for x in ISOLATION_LEVELS)
+        raise ValueError(f"unknown isolation level {isolation!r}; use one of {known}")
+    return level
+
+
+@asynccontextmanager
+async def transaction(
+    db: Database, *, isolation: str | None, readonly: bool, timeout: float | None
+) -> AsyncIterator[Transaction]:
+    """The body of ``Database.transaction()``."""
+    begin = db._backend.begin_statements(normalize_isolation(isolation), readonly)
+    deadline = deadline_after(timeout)
+    joined = db._joined_transaction()
+    if joined is not None:
+        # This task already has a transaction open on this backend: nest a savepoint.
+        async with joined.transaction() as tx:
+            yield tx
+        return
+    cm, tx = await _open(db, begin, deadline)
+    token = db._tx_var.set((asyncio.current_task(), tx))
+    failure: BaseException | None = None
+    try:
+        try:
+            yield tx
+        except BaseException as exc:
+            failure = exc
+            raise
+        try:
+            await _commit(db, tx)
+        except BaseException as exc:
+            failure = exc
+            raise
+    finally:
+        with contextlib.suppress(ValueError):  # reset from another context: nothing to undo
+            db._tx_var.reset(token)
+        await _finish(db, cm, tx, failure)
+
+
+async def _open(
+    db: Database, begin: tuple[str, ...], deadline: float | None
+) -> tuple[AbstractAsyncContextManager[Any], Transaction]:
+    """A connection with a transaction open on it; opening is retried while it failed
+    because the connection was gone (nothing of the caller's ran yet)."""
+    engine, backend = db._engine, db._backend
+    failures = 0
+    while True:
+        cm, conn, generation = await engine.checkout(deadline)
+        try:
+            for statement in begin:
+                await conn.execute(statement, timeout=engine.bound(None, deadline))
+        except Exception as exc:
+            lost = isinstance(exc, TimeoutError) or (
+                backend.classify(exc, conn) is ErrorKind.CONNECTION
+            )
+            if not lost:
+                db._monitor.release_later(cm.__aexit__(None, None, None))
+                raise
+            backend.discard(conn)
+            db._monitor.release_later(cm.__aexit__(None, None, None))
+            db._monitor.report_lost(generation, exc, "begin")
+            failures += 1
+            if failures > db._options.max_replays:
+                raise DatabaseUnavailable(
+                    f"backend {db.name!r}: connection lost while opening a transaction, "
+                    f"{failures} times: {describe(exc)}"
+                ) from exc
+            await db._monitor.settled(engine._gate_deadline(deadline))
+            continue
+        except BaseException:
+            backend.discard(conn)
+            db._monitor.release_later(cm.__aexit__(None, None, None))
+            raise
+        return cm, Transaction(db, conn, generation, begin)
+
+
+async def _commit(db: Database, tx: Transaction) -> None:
+    backend = db._backend
+    if tx.state is not TxState.OPEN:
+        try:
+            tx._check()  # raises why there is nothing to commit
+        except (TransactionLost, TransactionRolledBack) as exc:
+            if tx.committed_early:
+                raise _unknown(db, exc, "part of it committed before it was lost") from exc
+            raise
+    tx.committing = True
+    try:
+        result = await tx._conn.execute("COMMIT")
+    except Exception as exc:
+        lost = isinstance(exc, TimeoutError) or (
+            backend.classify(exc, tx._conn) is ErrorKind.CONNECTION
+        )
+        if lost:
+            raise tx.lose(exc, "COMMIT", committing=not backend.unsent(exc)) from None
+        # The server refused to commit (a serialization failure, a deferred constraint, a
+        # busy database): nothing was written, unless a statement committed earlier.
+        tx._mark(TxState.ROLLED_BACK, exc)
+        if tx.committed_early:
+            raise _unknown(db, exc, "COMMIT failed after part of it committed") from exc
+        raise
+    if not backend.commit_applied(result):
+        failed = tx._failed
+        tx._mark(TxState.ROLLED_BACK, failed)
+        err: BaseException = TransactionRolledBack(
+            f"backend {db.name!r}: COMMIT did not commit: the server had rolled the "
+            f"transaction back after an error inside it was caught"
+            + (f" ({describe(failed)})" if failed else "")
+            + "; nothing of it was written"
+        )
+        if tx.committed_early:
+            err = _unknown(db, err, "it was rolled back after part of it committed")
+        raise err from failed
+    tx.committing = False
+    tx.committed = True
+
+
+async def _finish(
+    db: Database,
+    cm: AbstractAsyncContextManager[Any],
+    tx: Transaction,
+    failure: BaseException | None,
+) -> None:
+    """End the block: roll back what is left open, give the connection back, close the
+    handle. A cancelled caller does not wait: that work goes to the background."""
+    backend, monitor = db._backend, db._monitor
+    live = tx.state is not TxState.LOST
+    in_flight = tx.committing  # COMMIT sent and not answered: the connection's state is unknown
+    tx.state = TxState.CLOSED
+    if live and in_flight:
+        backend.discard(tx._conn)
+    elif live and failure is not None and backend.in_transaction(tx._conn):
+        if not isinstance(failure, Exception):  # cancelled: roll back in the background
+
+            async def later() -> None:
+                await tx.rollback_quietly()
+                await cm.__aexit__(None, None, None)
+
+            monitor.release_later(later())
+            return
+        await tx.rollback_quietly()
+    if failure is not None and not isinstance(failure, Exception):
+        monitor.release_later(cm.__aexit__(None, None, None))
+        return
+    with contextlib.suppress(Exception):
+        await cm.__aexit__(None, None, None)
+
+
+def _unknown(db: Database, exc: BaseException, why: str) -> OutcomeUnknown:
+    db._monitor.outcome_unknown += 1
+    err = OutcomeUnknown(f"backend {db.name!r}: transaction outcome unknown: {why} ({exc})")
+    err.__cause__ = exc
+    return err
+
+
+class _Run:
+    """One attempt of ``run_in_transaction``: its handle and what the callable returned."""
+
+    __slots__ = ("result", "tx")
+
+    def __init__(self) -> None:
+        self.tx: Transaction | None = None
+        self.result: Any = None
+
+
+async def run_in_transaction(
+    db: Database,
+    fn: Callable[..., Awaitable[T]],
+    args: tuple[Any, ...],
+    *,
+    retries: int,
+    idempotent: bool,
+    timeout: float | None,
+    isolation: str | None,
+    readonly: bool,
+) -> T:
+    """The body of ``Database.run_in_transaction()``."""
+    if not callable(fn):
+        raise TypeError("run_in_transaction takes an async callable fn(tx, *args)")
+    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+        raise ValueError(f"retries must be an integer >= 0, not {retries!r}")
+    deadline = deadline_after(timeout)
+    joined = db._joined_transaction()
+    if joined is not None:
+        # Inside this task's open transaction: the outer block owns retries and COMMIT.
+        async with joined.transaction() as tx:
+            return await fn(tx, *args)
+    loop = asyncio.get_running_loop()
+    applied: BaseException | None = None  # an attempt that may have been applied
+    attempt = 0
+    while True:
+        run = _Run()
+        scope = asyncio.timeout_at(deadline)
+        try:
+            async with (
+                scope,
+                transaction(db, isolation=isolation, readonly=readonly, timeout=None) as tx,
+            ):
+                run.tx = tx
+                run.result = await fn(tx, *args)
+            return cast(T, run.result)
+        except TimeoutError as exc:
+            if scope.expired():
+                if run.tx is not None and run.tx.committed:
+                    return cast(T, run.result)  # only giving the connection back was cut short
+                _past_deadline(db, exc, run, timeout, applied)
+            cause: BaseException = exc
+            _raise_unless_retryable(db, exc, run, idempotent, applied)
+        except TransactionLost as exc:
+            cause = exc  # lost before COMMIT was sent: rolled back, safe to run again
+        except OutcomeUnknown as exc:
+            if not idempotent:
+                raise _final(db, exc, applied) from None
+            applied = applied or exc
+            cause = exc
+        except TransactionRolledBack as exc:
+            inner = exc.__cause__
+            if inner is None or db._backend.classify(inner) is not ErrorKind.RETRYABLE:
+                raise _final(db, exc, applied) from None
+            cause = exc
+        except Exception as exc:
+            _raise_unless_retryable(db, exc, run, idempotent, applied)
+            cause = exc
+        attempt += 1
+        if attempt > retries:
+            raise _final(db, cause, applied)
+        limit = loop.time() + db._options.gate_timeout if deadline is None else deadline
+        if loop.time() >= limit:
+            raise _final(
+                db,
+                DatabaseUnavailable(
+                    f"backend {db.name!r}: transaction reached its deadline: {describe(cause)}"
+                ),
+                applied,
+                cause,
+            )
+        db._monitor.replayed("run_in_transaction", attempt, cause)
+        await db._monitor.settled(limit)
+        delay = db._options.backoff.delay(attempt)
+        await asyncio.sleep(min(delay, max(limit - loop.time(), 0.0)))
+
+
+def _raise_unless_retryable(
+    db: Database, exc: Exception, run: _Run, idempotent: bool, applied: BaseException | None
+) -> None:
+    """A lost race (rolled back whole) may run again; anything else is raised."""
+    if db._backend.classify(exc) is not ErrorKind.RETRYABLE:
+        raise _final(db, exc, applied) from None
+    tx = run.tx
+    if tx is not None and tx.committed_early and not idempotent:
+        raise _unknown(db, exc, "a lost race after part of it committed") from exc
+
+
+def _past_deadline(
+    db: Database,
+    exc: TimeoutError,
+    run: _Run,
+    timeout: float | None,
+    applied: BaseException | None,
+) -> NoReturn:
+    """The call's deadline passed: raise what that means for what was applied."""
+    tx = run.tx
+    if tx is not None and (tx.committing or tx.committed_early):
+        raise _unknown(db, exc, f"the deadline ({timeout}s) passed during COMMIT")
+    raise _final(
+        db,
+        DatabaseUnavailable(
+            f"backend {db.name!r}: run_in_transaction reached its deadline ({timeout}s); "
+            f"the transaction was rolled back"
+        ),
+        applied,
+        exc,
+    )
+
+
+def _final(
+    db: Database,
+    exc: BaseException,
+    applied: BaseException | None,
+    cause: BaseException | None = None,
+) -> BaseException:
+    if cause is not None and exc.__cause__ is None:
+        exc.__cause__ = cause
+    if applied is None or isinstance(exc, OutcomeUnknown):
+        return exc
+    return _unknown(db, exc, f"an earlier attempt may have been applied ({describe(applied)})")
