@@ -7,10 +7,11 @@ any text. Driver messages are scrubbed too, since some drivers echo their connec
 from __future__ import annotations
 
 import re
+from urllib.parse import unquote
 
-from .config import REDACTED, redact
+from ._dsn import REDACTED, redact, secret_spans
 
-__all__ = ["describe", "register_secret", "scrub"]
+__all__ = ["describe", "register_dsn", "register_secret", "scrub"]
 
 _secrets: set[str] = set()
 _URL = re.compile(r"\b[a-z][a-z0-9+.-]*://[^\s'\"]+", re.IGNORECASE)
@@ -21,6 +22,17 @@ def register_secret(secret: str | None) -> None:
     # Very short secrets would scrub ordinary words; they are also not worth hiding.
     if secret and len(secret) >= 3:
         _secrets.add(secret)
+
+
+def register_dsn(dsn: str) -> None:
+    """Register every password ``redact`` would hide in ``dsn``, as written and decoded.
+
+    For text that may show a DSN cut up or quoted (an argparse error), where the URL pattern of
+    ``scrub`` would not find it whole; it works on DSNs that ``parse_dsn`` refuses, too.
+    """
+    for begin, end in secret_spans(dsn):
+        register_secret(dsn[begin:end])
+        register_secret(unquote(dsn[begin:end]))
 
 
 def scrub(text: str) -> str:

@@ -13,7 +13,7 @@ from ._database import Database
 from ._monitor import Monitor
 from ._states import SEVERITY, State
 from .backends.base import Backend
-from .config import DSN, BackendConfig, Options, check_driver, parse_dsn
+from .config import DSN, BackendConfig, Options, resolve_backend, supervisor_options
 from .errors import ConfigurationError, DatabaseUnavailable, SupervisorClosed
 from .events import ErrorOccurred, Event, EventBus
 from .health import HealthReport
@@ -52,16 +52,14 @@ class Supervisor:
         on_error: Callable[[ErrorOccurred], Awaitable[None] | None] | None = None,
         **options: Any,
     ) -> None:
-        base = Options.build(**options)
+        # Names and values one by one here; the rules between options (min_size <= max_size)
+        # on each backend's merged options, so that an override can settle them.
+        Options.check(options)
         specs = _backend_specs(dsn)
         self._bus = EventBus()
         self._databases: dict[str, Database] = {}
         for name, spec in specs.items():
-            if isinstance(spec, BackendConfig):
-                parsed, opts = spec.dsn, Options.build(base, **spec.overrides)
-            else:
-                parsed, opts = parse_dsn(spec), base
-            check_driver(parsed)
+            parsed, opts = resolve_backend(name, spec, options)
             backend = _load_adapter(parsed, opts)
             self._databases[name] = Database(Monitor(name, backend, opts, self._bus))
         if on_error is not None:
@@ -70,7 +68,7 @@ class Supervisor:
             self._bus.on(ErrorOccurred, on_error)
         self._started = False
         self._closed = False
-        self._options = base  # supervisor-wide settings (the memory watchdog's)
+        self._options = supervisor_options(options)  # the memory watchdog's settings
         self._watchdog: MemoryWatchdog | None = None
 
     def __repr__(self) -> str:

@@ -1,66 +1,35 @@
-"""Frozen, validated configuration: options, per-backend overrides, DSN parsing and redaction.
+"""Frozen, validated configuration: options and per-backend overrides.
 
 Everything here runs at construction, without I/O and without an event loop, so that a bad
 DSN or a negative timeout fails at once with a message naming what to fix, never at the first
-query hours later.
+query hours later. Each option is checked on its own wherever it is given (``Supervisor``
+keywords, ``BackendConfig`` overrides); rules between options (``min_size <= max_size``) are
+checked on the options a backend ends up with, once overrides are merged. DSN parsing and
+redaction live in ``_dsn.py`` and are re-exported here.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import importlib.util
+import inspect
 import math
-import re
 import sys
 from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
 
 from ._backoff import Backoff
+from ._driver_checks import check_connect_kwargs
+from ._dsn import DSN, parse_dsn, redact, with_host
+from ._dsn import REDACTED as REDACTED  # re-exported: resilientdb.testing.fake adds a scheme
+from ._dsn import SCHEMES as SCHEMES
+from ._dsn import _Driver as _Driver
 from .errors import ConfigurationError
 
-__all__ = ["DSN", "BackendConfig", "Options", "parse_dsn", "redact"]
-
-REDACTED = "***"
-
-
-@dataclass(frozen=True, slots=True)
-class _Driver:
-    backend: str  # adapter name: "postgres", "mysql", "sqlite"
-    module: str  # the driver package that must be importable
-    extra: str  # the pip extra that installs it
-    adapter: str  # "package.module:Class", imported lazily
-    options: frozenset[str]  # query-string options the driver understands
-
-
-_PG_OPTIONS = frozenset(
-    {
-        "host", "port", "user", "password", "passfile", "database", "dbname", "sslmode",
-        "sslcert", "sslkey", "sslrootcert", "sslcrl", "sslpassword", "ssl_min_protocol_version",
-        "ssl_max_protocol_version", "target_session_attrs", "krbsrvname", "gsslib", "service",
-        "application_name",
-    }
-)  # fmt: skip
-_MYSQL_OPTIONS = frozenset({"charset", "unix_socket", "ssl", "init_command", "program_name"})
-_SQLITE_OPTIONS = frozenset({"mode", "cache", "timeout", "journal_mode"})
-
-_ADAPTERS = "resilientdb.backends."
-_PG = _Driver(
-    "postgres", "asyncpg", "postgres", _ADAPTERS + "postgres:PostgresBackend", _PG_OPTIONS
-)
-_MY = _Driver("mysql", "aiomysql", "mysql", _ADAPTERS + "mysql:MySQLBackend", _MYSQL_OPTIONS)
-_LITE = _Driver(
-    "sqlite", "aiosqlite", "sqlite", _ADAPTERS + "sqlite:SQLiteBackend", _SQLITE_OPTIONS
-)
-SCHEMES: dict[str, _Driver] = {
-    "postgresql": _PG,
-    "postgres": _PG,
-    "mysql": _MY,
-    "mariadb": _MY,
-    "sqlite": _LITE,
-}
+__all__ = ["DSN", "BackendConfig", "Options", "parse_dsn", "redact", "with_host"]
 
 
 def _find_spec(name: str) -> object | None:
@@ -73,122 +42,10 @@ def _find_spec(name: str) -> object | None:
         return None
 
 
-@dataclass(frozen=True, slots=True)
-class DSN:
-    """A parsed connection URL. ``str(dsn)`` and ``repr(dsn)`` are redacted."""
-
-    raw: str = field(repr=False)
-    scheme: str
-    backend: str
-    host: str | None
-    port: int | None
-    user: str | None
-    password: str | None = field(repr=False)
-    database: str | None
-    path: str | None  # SQLite: the file path, or ":memory:"
-    options: Mapping[str, str]
-
-    def __str__(self) -> str:
-        return redact(self.raw)
-
-    def __repr__(self) -> str:
-        return f"DSN({redact(self.raw)!r})"
-
-    @property
-    def driver(self) -> _Driver:
-        return SCHEMES[self.scheme]
-
-
-_PASSWORD_QUERY = re.compile(r"(?i)([?&](?:password|sslpassword)=)[^&#]*")
-
-
-def redact(dsn: str) -> str:
-    """The DSN with any password replaced by ``***`` (also in the query string).
-
-    Safe on malformed input: it never raises and never returns the secret.
-    """
-    try:
-        parts = urlsplit(dsn)
-    except ValueError:
-        return "<unparseable DSN>"
-    netloc = parts.netloc
-    out = dsn
-    if "@" in netloc:
-        userinfo, _, hostinfo = netloc.rpartition("@")
-        if ":" in userinfo:
-            user = userinfo.split(":", 1)[0]
-            netloc = f"{user}:{REDACTED}@{hostinfo}"
-            out = urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
-    # Edited as text, not rebuilt: urlunsplit would drop the empty host of sqlite:///x.db.
-    return _PASSWORD_QUERY.sub(lambda m: m.group(1) + REDACTED, out)
-
-
-def parse_dsn(dsn: str) -> DSN:
-    """Parse and validate a connection URL; ``ConfigurationError`` names what is wrong."""
-    if not isinstance(dsn, str) or not dsn.strip():
-        raise ConfigurationError(f"a DSN must be a non-empty string, not {type(dsn).__name__}")
-    shown = redact(dsn)
-    scheme = dsn.split(":", 1)[0].lower() if "://" in dsn else ""
-    if scheme not in SCHEMES:
-        known = ", ".join(f"{s}://" for s in SCHEMES)
-        what = f"unknown scheme {scheme + '://'!r}" if scheme else "no scheme"
-        raise ConfigurationError(f"DSN {shown!r} has {what}; use one of {known}")
-    driver = SCHEMES[scheme]
-    try:
-        parts = urlsplit(dsn)
-        port = parts.port
-    except ValueError as exc:
-        raise ConfigurationError(f"malformed DSN {shown!r}: {exc}") from None
-    options: dict[str, str] = {}
-    for key, value in parse_qsl(parts.query, keep_blank_values=True):
-        if key not in driver.options:
-            hint = difflib.get_close_matches(key, driver.options, n=1)
-            tip = f"; did you mean {hint[0]!r}?" if hint else ""
-            raise ConfigurationError(
-                f"DSN {shown!r}: unknown option {key!r} for {driver.backend}{tip} "
-                f"(pass driver arguments through connect_kwargs=)"
-            )
-        options[key] = value
-    if driver.backend == "sqlite":
-        # sqlite:///relative.db, sqlite:////abs/path.db, sqlite:///:memory:
-        if parts.netloc:
-            raise ConfigurationError(
-                f"DSN {shown!r}: SQLite takes no host; write sqlite:///relative.db or "
-                f"sqlite:////absolute/path.db"
-            )
-        path = unquote(parts.path[1:]) if parts.path.startswith("/") else ""
-        if not path:
-            raise ConfigurationError(f"DSN {shown!r}: SQLite needs a file path or :memory:")
-        return DSN(dsn, scheme, driver.backend, None, None, None, None, None, path, options)
-    if not parts.hostname and "host" not in options and "unix_socket" not in options:
-        raise ConfigurationError(f"DSN {shown!r} has no host")
-    database = unquote(parts.path[1:]) if parts.path.startswith("/") else None
-    if database is not None and "/" in database:
-        raise ConfigurationError(f"DSN {shown!r}: the database name may not contain '/'")
-    return DSN(
-        dsn,
-        scheme,
-        driver.backend,
-        parts.hostname,
-        port,
-        unquote(parts.username) if parts.username else None,
-        unquote(parts.password) if parts.password is not None else None,
-        database or None,
-        None,
-        options,
-    )
-
-
-def with_host(dsn: DSN, host: str, port: int) -> str:
-    """The DSN's URL pointed at another host and port (tests put a proxy in between)."""
-    parts = urlsplit(dsn.raw)
-    userinfo = parts.netloc.rpartition("@")[0]
-    netloc = f"{userinfo}@{host}:{port}" if userinfo else f"{host}:{port}"
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
-
-
 ConnectHook = Callable[[Any], Awaitable[None]]
 MEMORY_ACTIONS = frozenset({"gc", "trim"})
+# setsockopt(TCP_USER_TIMEOUT) takes milliseconds in a C int; past it, every connect raises.
+MAX_TCP_USER_TIMEOUT = 2_147_483
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -260,96 +117,52 @@ class Options:
     """``() -> (resident_bytes, limit_bytes)``; ``None`` reads the process through psutil."""
 
     def __post_init__(self) -> None:
-        _check_int("min_size", self.min_size, minimum=0)
-        _check_int("max_size", self.max_size, minimum=1)
+        for f in dataclasses.fields(self):
+            # Stored back: a check may normalise (memory_actions becomes a frozenset).
+            object.__setattr__(self, f.name, _CHECKS[f.name](f.name, getattr(self, f.name)))
         if self.min_size > self.max_size:
             raise ConfigurationError(
                 f"min_size ({self.min_size}) must not exceed max_size ({self.max_size})"
             )
-        _check_int("max_waiters", self.max_waiters, minimum=0)
-        _check_int("max_replays", self.max_replays, minimum=0)
-        if self.max_attempts is not None:
-            _check_int("max_attempts", self.max_attempts, minimum=1)
-        for name in ("connect_timeout", "acquire_timeout", "gate_timeout", "failed_probe_interval"):
-            _check_seconds(name, getattr(self, name))
-        for name in ("command_timeout", "max_downtime", "max_idle"):
-            value = getattr(self, name)
-            if value is not None:
-                _check_seconds(name, value)
-        if not isinstance(self.backoff, Backoff):
-            raise ConfigurationError(
-                f"backoff must be a Backoff, not {type(self.backoff).__name__}"
-            )
-        if self.on_connect is not None and not callable(self.on_connect):
-            raise ConfigurationError("on_connect must be an async callable taking the connection")
-        if not isinstance(self.connect_kwargs, Mapping):
-            raise ConfigurationError("connect_kwargs must be a mapping of driver arguments")
-        self._check_operations()
 
-    def _check_operations(self) -> None:
-        _check_seconds("health_timeout", self.health_timeout)
-        _check_seconds("tcp_user_timeout", self.tcp_user_timeout)
-        for name in ("max_lifetime", "keepalive_interval"):
-            value = getattr(self, name)
-            if value is not None:
-                _check_seconds(name, value)
-        jitter = self.lifetime_jitter
-        if isinstance(jitter, bool) or not isinstance(jitter, int | float) or not 0 <= jitter < 1:
-            raise ConfigurationError(f"lifetime_jitter must be in [0, 1), not {jitter!r}")
-        if not isinstance(self.tcp_keepalive, bool):
-            raise ConfigurationError(
-                f"tcp_keepalive must be True or False, not {self.tcp_keepalive!r}"
-            )
-        _check_seconds("memory_interval", self.memory_interval)
-        if not isinstance(self.memory_watchdog, bool):
-            raise ConfigurationError(
-                f"memory_watchdog must be True or False, not {self.memory_watchdog!r}"
-            )
-        threshold = self.memory_threshold
-        if (
-            isinstance(threshold, bool)
-            or not isinstance(threshold, int | float)
-            or not 0 < threshold <= 1
-        ):
-            raise ConfigurationError(
-                f"memory_threshold must be a fraction in (0, 1], not {threshold!r}"
-            )
-        actions = self.memory_actions
-        if isinstance(actions, str) or not isinstance(actions, Collection):
-            raise ConfigurationError(
-                f"memory_actions must be a set of names, not {type(actions).__name__}"
-            )
-        unknown = set(actions) - MEMORY_ACTIONS
-        if unknown:
-            raise ConfigurationError(
-                f"unknown memory_actions {sorted(map(str, unknown))}; "
-                f"choose from {sorted(MEMORY_ACTIONS)}"
-            )
-        # Normalised so that Options stays comparable whatever collection was passed.
-        object.__setattr__(self, "memory_actions", frozenset(actions))
-        if self.memory_reader is not None and not callable(self.memory_reader):
-            raise ConfigurationError("memory_reader must be a callable returning (rss, limit)")
+    @classmethod
+    def check(cls, overrides: Mapping[str, Any]) -> None:
+        """Check option names and each value on its own; ``ConfigurationError`` names it.
+
+        Rules between options are left to the merged options (``Options(...)``): an override
+        ``min_size=20`` is fine where the supervisor sets ``max_size=50``.
+        """
+        for key, value in overrides.items():
+            if key not in _CHECKS:
+                hint = difflib.get_close_matches(key, _CHECKS, n=1)
+                tip = f"; did you mean {hint[0]!r}?" if hint else ""
+                raise ConfigurationError(f"unknown option {key!r}{tip}")
+            _CHECKS[key](key, value)
 
     @classmethod
     def build(cls, base: Options | None = None, **overrides: Any) -> Options:
         """``base`` with ``overrides`` applied; unknown names raise ``ConfigurationError``."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        for key in overrides:
-            if key not in names:
-                hint = difflib.get_close_matches(key, names, n=1)
-                tip = f"; did you mean {hint[0]!r}?" if hint else ""
-                raise ConfigurationError(f"unknown option {key!r}{tip}")
+        cls.check(overrides)
         if base is None:
             return cls(**overrides)
         return dataclasses.replace(base, **overrides)
 
 
-def _check_int(name: str, value: object, *, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigurationError(f"{name} must be an integer >= {minimum}, not {value!r}")
+# --- one check per option: (name, value) -> the value to store ---------------------------------
 
 
-def _check_seconds(name: str, value: object) -> None:
+def _int(minimum: int, *, optional: bool = False) -> Callable[[str, Any], Any]:
+    def check(name: str, value: Any) -> Any:
+        if optional and value is None:
+            return value
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise ConfigurationError(f"{name} must be an integer >= {minimum}, not {value!r}")
+        return value
+
+    return check
+
+
+def _seconds(name: str, value: Any) -> Any:
     if (
         isinstance(value, bool)
         or not isinstance(value, int | float)
@@ -357,24 +170,179 @@ def _check_seconds(name: str, value: object) -> None:
         or value <= 0
     ):
         raise ConfigurationError(f"{name} must be a number of seconds > 0, not {value!r}")
+    return value
+
+
+def _optional_seconds(name: str, value: Any) -> Any:
+    return value if value is None else _seconds(name, value)
+
+
+def _tcp_user_timeout(name: str, value: Any) -> Any:
+    _seconds(name, value)
+    if value > MAX_TCP_USER_TIMEOUT:
+        raise ConfigurationError(
+            f"{name} must be at most {MAX_TCP_USER_TIMEOUT} seconds (the kernel takes "
+            f"milliseconds in a C int), not {value!r}"
+        )
+    return value
+
+
+def _jitter(name: str, value: Any) -> Any:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < 1:
+        raise ConfigurationError(f"{name} must be in [0, 1), not {value!r}")
+    return value
+
+
+def _threshold(name: str, value: Any) -> Any:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 1:
+        raise ConfigurationError(f"{name} must be a fraction in (0, 1], not {value!r}")
+    return value
+
+
+def _flag(name: str, value: Any) -> Any:
+    if not isinstance(value, bool):
+        raise ConfigurationError(f"{name} must be True or False, not {value!r}")
+    return value
+
+
+def _backoff(name: str, value: Any) -> Any:
+    if not isinstance(value, Backoff):
+        raise ConfigurationError(f"{name} must be a Backoff, not {type(value).__name__}")
+    return value
+
+
+def _is_async_callable(fn: object) -> bool:
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    if inspect.iscoroutinefunction(fn):  # async def, its bound methods, AsyncMock
+        return True
+    # An object whose __call__ is async. Looked up on the type: for a class that is the
+    # metaclass's __call__, which builds an instance, synchronously.
+    return callable(fn) and inspect.iscoroutinefunction(type(fn).__call__)
+
+
+def _hook(name: str, value: Any) -> Any:
+    # The adapters await the hook's result on every new connection: a synchronous hook would
+    # pass construction and then fail every connect with "can't be used in 'await'".
+    if value is None or _is_async_callable(value):
+        return value
+    if not callable(value):
+        why = f"{type(value).__name__!r} object is not callable"
+    elif getattr(value, "__name__", None) == "<lambda>":
+        why = "a lambda cannot be async, even one returning a coroutine; write an async def"
+    else:
+        why = f"{getattr(value, '__qualname__', type(value).__name__)!r} is synchronous"
+    raise ConfigurationError(
+        f"{name} must be async: an `async def` function taking the connection (or an object "
+        f"whose __call__ is async, or a functools.partial of one); {why}"
+    )
+
+
+def _mapping(name: str, value: Any) -> Any:
+    if not isinstance(value, Mapping):
+        raise ConfigurationError(f"{name} must be a mapping of driver arguments")
+    return value
+
+
+def _memory_actions(name: str, value: Any) -> Any:
+    if isinstance(value, str) or not isinstance(value, Collection):
+        raise ConfigurationError(f"{name} must be a set of names, not {type(value).__name__}")
+    unknown = set(value) - MEMORY_ACTIONS
+    if unknown:
+        raise ConfigurationError(
+            f"unknown {name} {sorted(map(str, unknown))}; choose from {sorted(MEMORY_ACTIONS)}"
+        )
+    # Normalised so that Options stays comparable whatever collection was passed.
+    return frozenset(value)
+
+
+def _reader(name: str, value: Any) -> Any:
+    if value is not None and not callable(value):
+        raise ConfigurationError(f"{name} must be a callable returning (rss, limit)")
+    return value
+
+
+_CHECKS: dict[str, Callable[[str, Any], Any]] = {
+    "min_size": _int(0),
+    "max_size": _int(1),
+    "connect_timeout": _seconds,
+    "acquire_timeout": _seconds,
+    "command_timeout": _optional_seconds,
+    "gate_timeout": _seconds,
+    "max_waiters": _int(0),
+    "max_replays": _int(0),
+    "backoff": _backoff,
+    "max_attempts": _int(1, optional=True),
+    "max_downtime": _optional_seconds,
+    "failed_probe_interval": _seconds,
+    "max_idle": _optional_seconds,
+    "max_lifetime": _optional_seconds,
+    "lifetime_jitter": _jitter,
+    "keepalive_interval": _optional_seconds,
+    "tcp_keepalive": _flag,
+    "tcp_user_timeout": _tcp_user_timeout,
+    "on_connect": _hook,
+    "connect_kwargs": _mapping,
+    "health_timeout": _seconds,
+    "memory_watchdog": _flag,
+    "memory_threshold": _threshold,
+    "memory_interval": _seconds,
+    "memory_actions": _memory_actions,
+    "memory_reader": _reader,
+}
+# A field added to Options without a check would be stored unchecked: fail at import instead.
+assert _CHECKS.keys() == {f.name for f in dataclasses.fields(Options)}
 
 
 class BackendConfig:
     """A DSN with options that override the supervisor-wide ones for this backend only.
 
     ``Supervisor({"main": BackendConfig("postgresql://...", max_size=5), "cache": "sqlite:///c.db"})``
+
+    The DSN, the option names and each value are checked here; rules between options
+    (``min_size <= max_size``) once merged with the supervisor's, when the Supervisor is built.
     """
 
     __slots__ = ("dsn", "overrides")
 
     def __init__(self, dsn: str, **overrides: Any) -> None:
         self.dsn = parse_dsn(dsn)
-        Options.build(**overrides)  # validates names and values now, at construction
+        Options.check(overrides)
         self.overrides: dict[str, Any] = overrides
 
     def __repr__(self) -> str:
         opts = "".join(f", {k}={v!r}" for k, v in self.overrides.items())
         return f"BackendConfig({str(self.dsn)!r}{opts})"
+
+
+def resolve_backend(
+    name: str, spec: str | BackendConfig, options: Mapping[str, Any]
+) -> tuple[DSN, Options]:
+    """One backend's DSN and merged options, with the rules between options, the driver's
+    presence and its connect arguments checked; errors name the backend.
+
+    ``options`` are the supervisor-wide keywords, already checked one by one (``Options.check``).
+    """
+    if isinstance(spec, BackendConfig):
+        dsn, merged = spec.dsn, {**options, **spec.overrides}
+    else:
+        dsn, merged = parse_dsn(spec), dict(options)
+    try:
+        opts = Options(**merged)
+        check_driver(dsn)
+        check_connect_kwargs(dsn, opts)
+    except ConfigurationError as exc:
+        raise ConfigurationError(f"backend {name!r}: {exc}") from None
+    return dsn, opts
+
+
+def supervisor_options(options: Mapping[str, Any]) -> Options:
+    """The supervisor-wide settings (the memory watchdog's) from the Supervisor's keywords.
+
+    Only the ``memory_*`` options are taken: the others are per backend, and may be
+    inconsistent on their own (``min_size=20``) where every backend's overrides settle them.
+    """
+    return Options.build(**{k: v for k, v in options.items() if k.startswith("memory_")})
 
 
 def check_driver(dsn: DSN) -> None:

@@ -18,10 +18,12 @@ import asyncio
 import math
 import sys
 from collections.abc import Coroutine
-from typing import Any
+from typing import Any, NoReturn
 
 from .. import __version__
+from .._redact import register_dsn, scrub
 from ._common import (
+    EXIT_BAD_INPUT,
     EXIT_FAIL,
     EXIT_INTERRUPTED,
     EXIT_OK,
@@ -54,13 +56,21 @@ def _positive(text: str) -> int:
     return value
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with its error line scrubbed: "unrecognized arguments: DSN" quotes a DSN."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {scrub(message)}\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="resilientdb",
         description="An asyncio connection supervisor for asyncpg, aiomysql and aiosqlite.",
     )
     parser.add_argument("--version", action="version", version=f"resilientdb {__version__}")
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument(
         "-v", "--verbose", action="store_true", help="show the supervisor's log lines"
     )
@@ -136,6 +146,12 @@ def _command(args: argparse.Namespace) -> Coroutine[Any, Any, int]:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``resilientdb`` console script; returns the exit status."""
     parser = _parser()
+    argv = sys.argv[1:] if argv is None else argv
+    for arg in argv:
+        if "://" in arg:
+            # Before argparse sees them: its errors quote arguments, and a DSN that parse_dsn
+            # refuses (an unencoded '#' in the password) is never parsed to register it later.
+            register_dsn(arg)
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
