@@ -14,7 +14,8 @@ Tests that use any of them are marked ``postgres`` / ``mysql`` automatically, so
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import gc
+from collections.abc import Generator, Iterator
 
 import pytest
 
@@ -34,6 +35,19 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         for marker, fixtures in _MARKER_FIXTURES.items():
             if used & fixtures:
                 item.add_marker(marker)
+
+
+@pytest.hookimpl(hookwrapper=True, tryfirst=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, None, None]:
+    # CPython 3.11.7: a garbage collection that runs finalizers (a failed test leaves sockets,
+    # frames and coroutines in reference cycles) while pytest parses a source file for the
+    # failure report raises "SystemError: AST constructor recursion depth mismatch", an
+    # INTERNALERROR that ends the whole session. Collect the failed test's garbage first.
+    if call.excinfo is not None:
+        gc.collect()
+    yield
 
 
 # --- database servers -------------------------------------------------------------------------
