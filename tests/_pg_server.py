@@ -168,9 +168,11 @@ class PostgresServer(_Server):
             "unix_socket_directories": f"'{self.socket_dir}'",
             "max_connections": str(self.max_connections),
             "shared_buffers": "'16MB'",
-            "fsync": "off",
-            "synchronous_commit": "off",
-            "full_page_writes": "off",
+            # Durable, as a production server (these are the defaults, stated because the
+            # suite's crash tests rely on them): an acknowledged COMMIT survives a crash.
+            "fsync": "on",
+            "synchronous_commit": "on",
+            "full_page_writes": "on",
             "password_encryption": "'scram-sha-256'",
             "ssl": "off",
             "logging_collector": "off",

@@ -12,6 +12,11 @@ Accounts on both servers:
 * the superuser (``postgres`` / MariaDB ``root``) is reachable through the unix socket in the
   temporary directory only, and is what :meth:`admin_query` uses.
 
+Both run with the servers' durable settings (PostgreSQL ``fsync``, ``synchronous_commit``
+and ``full_page_writes`` on; InnoDB ``innodb_flush_log_at_trx_commit=1`` and the doublewrite
+buffer): a commit acknowledged to a client survives ``kill()`` or an immediate stop, so a
+write missing after a crash test is the client's doing, never the harness's.
+
 All methods are synchronous (they run subprocesses and block). From async tests call the slow
 ones through a thread: ``await asyncio.to_thread(server.restart)``. Every server has a lock, so
 calls from several threads are serialised.
