@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
@@ -190,3 +191,89 @@ def test_mariadb_left_stopped_is_restarted(mariadb: MariaDBServer) -> None:
     mariadb.stop()
     assert not mariadb.running
     assert mariadb.ensure_running() is mariadb and mariadb.running
+
+
+# --- durability: an acknowledged commit survives a crash of the server -------------------------
+
+CRASH_ROWS = 300
+
+
+async def test_pg_runs_with_durable_settings(pg: PostgresServer) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(pg.dsn())
+    try:
+        for setting in ("fsync", "synchronous_commit", "full_page_writes"):
+            assert await conn.fetchval(f"SHOW {setting}") == "on", setting
+    finally:
+        await conn.close()
+
+
+@pytest.mark.parametrize("crash", ["kill", "immediate"])
+async def test_pg_acknowledged_commits_survive_a_crash(pg: PostgresServer, crash: str) -> None:
+    import asyncpg
+
+    table = f"crash_{crash}"
+    conn = await asyncpg.connect(pg.dsn())
+    try:
+        await conn.execute(f"DROP TABLE IF EXISTS {table}; CREATE TABLE {table} (n integer)")
+        for n in range(CRASH_ROWS):
+            await conn.execute(f"INSERT INTO {table} (n) VALUES ($1)", n)  # each its own commit
+        # At once, after the last acknowledgement: SIGKILL of the postmaster, or SIGQUIT to
+        # every backend (pg_ctl stop -m immediate). No checkpoint, no WAL flush on the way out.
+        if crash == "kill":
+            await asyncio.to_thread(pg.kill)
+        else:
+            await asyncio.to_thread(pg.stop, "immediate")
+    finally:
+        conn.terminate()
+    await asyncio.to_thread(pg.start)  # crash recovery replays the WAL
+    conn = await asyncpg.connect(pg.dsn())
+    try:
+        found = [r[0] for r in await conn.fetch(f"SELECT n FROM {table} ORDER BY n")]
+        await conn.execute(f"DROP TABLE {table}")
+    finally:
+        await conn.close()
+    assert found == list(range(CRASH_ROWS)), f"{CRASH_ROWS - len(found)} acknowledged rows lost"
+
+
+async def _my_connect(server: MariaDBServer) -> Any:
+    import aiomysql
+
+    return await aiomysql.connect(
+        host=server.host, port=server.port, user="app", db="app", autocommit=True
+    )
+
+
+async def test_mariadb_runs_with_durable_settings(mariadb: MariaDBServer) -> None:
+    conn = await _my_connect(mariadb)
+    try:
+        async with conn.cursor() as cur:
+            await cur.execute(
+                "SELECT @@innodb_flush_log_at_trx_commit, @@innodb_doublewrite, @@sync_binlog"
+            )
+            assert await cur.fetchone() == (1, 1, 1)
+    finally:
+        conn.close()
+
+
+async def test_mariadb_acknowledged_commits_survive_a_crash(mariadb: MariaDBServer) -> None:
+    conn = await _my_connect(mariadb)
+    try:
+        async with conn.cursor() as cur:
+            await cur.execute("CREATE OR REPLACE TABLE crash_kill (n integer) ENGINE=InnoDB")
+            for n in range(CRASH_ROWS):
+                await cur.execute("INSERT INTO crash_kill (n) VALUES (%s)", (n,))  # autocommit
+        await asyncio.to_thread(mariadb.kill)  # SIGKILL at once after the last acknowledgement
+    finally:
+        conn.close()
+    await asyncio.to_thread(mariadb.start)  # InnoDB crash recovery
+    conn = await _my_connect(mariadb)
+    try:
+        async with conn.cursor() as cur:
+            await cur.execute("SELECT n FROM crash_kill ORDER BY n")
+            found = [r[0] for r in await cur.fetchall()]
+            await cur.execute("DROP TABLE crash_kill")
+    finally:
+        conn.close()
+    assert found == list(range(CRASH_ROWS)), f"{CRASH_ROWS - len(found)} acknowledged rows lost"
