@@ -142,10 +142,10 @@ class Engine:
                 await self.pause(op, tried, exc)
                 continue
             except BaseException as exc:
-                # Cancelled: the statement may still be running, so the connection's state is
-                # unknown. It is closed now and handed back in the background: the caller never
-                # waits on the network (a cancel request through a partition) to leave.
-                backend.discard(conn)
+                # Cancelled: the connection goes back in the background, where the driver
+                # finishes the statement's cancellation and resets it (or closes it, past the
+                # release bound): the caller never waits on the network (a cancel request
+                # through a partition) to leave.
                 self._monitor.release_later(cm.__aexit__(type(exc), exc, exc.__traceback__))
                 raise
             await self.release(cm, generation, op, deadline)

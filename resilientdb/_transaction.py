@@ -209,7 +209,8 @@ class Transaction:
         except Exception as failure:
             kind = self._db._backend.classify(failure, conn)
             if kind is ErrorKind.CONNECTION or isinstance(failure, TimeoutError):
-                raise self.lose(failure, "transaction", committing=True) from None
+                err = self.lose(failure, "transaction", committing=True)
+                raise err from err.__cause__
             self._mark(TxState.ROLLED_BACK, exc or failure)
 
     async def rollback_quietly(self) -> None:

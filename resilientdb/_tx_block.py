@@ -138,7 +138,8 @@ async def _commit(db: Database, tx: Transaction) -> None:
             backend.classify(exc, tx._conn) is ErrorKind.CONNECTION
         )
         if lost:
-            raise tx.lose(exc, "COMMIT", committing=not backend.unsent(exc)) from None
+            lost_err = tx.lose(exc, "COMMIT", committing=not backend.unsent(exc))
+            raise lost_err from lost_err.__cause__
         # The server refused to commit (a serialization failure, a deferred constraint, a
         # busy database): nothing was written, unless a statement committed earlier.
         tx._mark(TxState.ROLLED_BACK, exc)
@@ -256,13 +257,15 @@ async def run_in_transaction(
             cause = exc  # lost before COMMIT was sent: rolled back, safe to run again
         except OutcomeUnknown as exc:
             if not idempotent:
-                raise _final(db, exc, applied) from None
+                err = _final(db, exc, applied)
+                raise err from err.__cause__
             applied = applied or exc
             cause = exc
         except TransactionRolledBack as exc:
             inner = exc.__cause__
             if inner is None or db._backend.classify(inner) is not ErrorKind.RETRYABLE:
-                raise _final(db, exc, applied) from None
+                err = _final(db, exc, applied)
+                raise err from err.__cause__
             cause = exc
         except Exception as exc:
             _raise_unless_retryable(db, exc, run, idempotent, applied)
@@ -291,7 +294,8 @@ def _raise_unless_retryable(
 ) -> None:
     """A lost race (rolled back whole) may run again; anything else is raised."""
     if db._backend.classify(exc) is not ErrorKind.RETRYABLE:
-        raise _final(db, exc, applied) from None
+        err = _final(db, exc, applied)
+        raise err from err.__cause__
     tx = run.tx
     if tx is not None and tx.committed_early and not idempotent:
         raise _unknown(db, exc, "a lost race after part of it committed") from exc
