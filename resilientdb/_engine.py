@@ -197,6 +197,9 @@ class Engine:
         if kind is ErrorKind.RETRYABLE:
             return self._after_lost_race(exc, op, query, idempotent, batch, tried)
         if kind is not ErrorKind.CONNECTION:
+            if not self._atomic(query, batch):
+                # A later statement (or row) failed: the earlier ones stay committed.
+                raise self.unknown(op, exc, "an earlier part of it may have committed")
             raise self.final(exc, tried)  # the statement's own error, after one attempt
         monitor = self._monitor
         if isinstance(exc, TimeoutError):
@@ -235,10 +238,16 @@ class Engine:
             tried.replays += 1
             self._within_budget(op, tried, exc)
             return False
-        atomic = self._facts.atomic_batch if v is None else v.single or v.read_only
-        if atomic:
+        if self._atomic(query, batch):
             raise self.final(exc, tried)  # nothing of it was applied: the driver's error
         raise self.unknown(op, exc, "part of it may have committed before the failure")
+
+    def _atomic(self, query: str, batch: bool) -> bool:
+        """Whether a failure of the whole call leaves nothing of it applied."""
+        if batch:
+            return self._facts.atomic_batch
+        v = verdict(query, self._facts.family)
+        return v.atomic or (v.read_only and not v.lookup)
 
     async def _harmless(self, v: Verdict, deadline: float | None) -> bool:
         """Whether the functions and operators of a read-only text are harmless."""

@@ -69,6 +69,9 @@ class Verdict:
     single: bool = False
     """Exactly one statement in every reading, and not one that runs others (CALL, DO): a
     deadlock or lock wait timeout rolled all of it back."""
+    atomic: bool = False
+    """When it fails, nothing of it stays applied: a single statement, or (PostgreSQL, which
+    runs a text in one implicit transaction) several with no COMMIT, ROLLBACK, CALL or DO."""
     ends_transaction: bool = True
     """Inside a transaction, may commit or end it: COMMIT/ROLLBACK/END in any dialect, and on
     MySQL/MariaDB any statement that commits implicitly (DDL, LOCK TABLES, ...)."""
@@ -91,6 +94,7 @@ def verdict(sql: str, family: str) -> Verdict:
     if not isinstance(sql, str) or "\x00" in sql:
         return _MAY_WRITE
     read_only, runs, single, ends, locks = True, False, True, False, False
+    compound = False
     lookup: set[str] = set()
     operators: set[str] = set()
     for reading in readings(sql, family):
@@ -100,7 +104,7 @@ def verdict(sql: str, family: str) -> Verdict:
         for st in reading.statements:
             runs = True
             lead = st.leading
-            single = single and lead is not None and lead not in _COMPOUND
+            compound = compound or lead is None or lead in _COMPOUND
             ends = ends or _ends_transaction(st, family)
             locks = locks or _locks(st)
             if not read_only:
@@ -112,11 +116,13 @@ def verdict(sql: str, family: str) -> Verdict:
             lookup |= calls
             operators.update(text for kind, text in st.tokens if kind == OPERATOR)
     read_only = read_only and runs
+    single = single and not compound
     return Verdict(
         read_only=read_only,
         lookup=frozenset(lookup) if read_only else frozenset(),
         operators=frozenset(operators) if read_only else frozenset(),
         single=single,
+        atomic=single or (family == "postgresql" and runs and not (compound or ends)),
         ends_transaction=ends,
         locks=locks,
         runs=runs,

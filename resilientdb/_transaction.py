@@ -163,9 +163,16 @@ class Transaction:
             self._mark(TxState.ROLLED_BACK, exc)
             return
         self._failed = exc
-        if backend.facts.family == "mysql" and verdict(query, "mysql").ends_transaction:
-            # A failed statement that commits implicitly did so before it failed.
-            await self._reopen(exc)
+        status = backend.facts.status_statement
+        if status is not None and verdict(query, backend.facts.family).ends_transaction:
+            # A statement that commits implicitly may have done so before it failed (MySQL
+            # does, unless it failed to parse); the error reply did not say: ask.
+            try:
+                await self._conn.execute(status)
+            except Exception as failure:
+                raise self.lose(failure, f"transaction {op}", committing=True) from exc
+            if not backend.in_transaction(self._conn):
+                await self._reopen(exc)
         elif not backend.in_transaction(self._conn):
             self._mark(TxState.ROLLED_BACK, exc)  # the server ended it on this error
 

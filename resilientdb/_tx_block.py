@@ -72,6 +72,13 @@ async def transaction(
             yield tx
         except BaseException as exc:
             failure = exc
+            if (
+                tx.committed_early
+                and type(exc) is not OutcomeUnknown
+                and isinstance(exc, Exception)
+            ):
+                # The block failed, but part of it committed already: that is the truth.
+                raise _unknown(db, exc, "the block failed after part of it committed") from exc
             raise
         try:
             await _commit(db, tx)

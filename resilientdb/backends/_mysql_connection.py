@@ -136,6 +136,13 @@ class MySQLConnection:
                 while await cur.nextset():
                     pass  # later result sets (multi-statements): their errors are ours
             except BaseException as exc:
+                if many is not None and isinstance(exc, myerr.InterfaceError):
+                    # A batch goes row by row: a "not connected" check failing here came after
+                    # some rows were sent. Lost, not unsent: never replayed as if nothing ran.
+                    raw.close()
+                    raise myerr.OperationalError(
+                        2013, f"Lost connection to MySQL server during a batch ({exc})"
+                    ) from exc
                 if not isinstance(exc, myerr.MySQLError | UnicodeEncodeError):
                     # Cancelled, timed out, or failed mid-protocol: unread bytes may follow,
                     # so the connection cannot be reused. (A server error leaves it in step;

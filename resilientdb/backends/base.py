@@ -58,6 +58,10 @@ class BackendFacts:
     readonly_guard: tuple[str, str] | None = None
     """Statements that open and close a read-only transaction: a replay judged read-only by
     its text runs inside them, so that a write the text did not show is refused."""
+    status_statement: str | None = None
+    """A statement that does nothing but bring the driver's transaction status up to date,
+    for drivers whose error replies carry none (MySQL): sent only after a failed statement
+    that may have committed the transaction implicitly."""
 
 
 @dataclass(frozen=True, slots=True)

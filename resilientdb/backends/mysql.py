@@ -64,6 +64,7 @@ FACTS = BackendFacts(
     # on its own in autocommit mode: a failure midway leaves the earlier rows applied.
     atomic_batch=False,
     readonly_guard=("START TRANSACTION READ ONLY", "COMMIT"),
+    status_statement="DO 0",  # its OK packet carries SERVER_STATUS_IN_TRANS
 )
 ER_CANT_EXECUTE_IN_READ_ONLY_TRANSACTION = 1792
 

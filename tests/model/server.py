@@ -1,0 +1,469 @@
+"""An in-memory database server and its adapter, for the model test of the replay rules.
+
+The server keeps what was committed: a journal of ids in which a duplicate stays visible. It
+runs a tiny SQL dialect with the semantics replay depends on, in three flavours:
+
+* ``postgresql``: a multi-statement text runs in one implicit transaction (a COMMIT inside
+  ends it early); a batch is atomic; an error inside a transaction aborts it, later
+  statements fail and COMMIT answers ``ROLLBACK``; a deadlock aborts the transaction; DDL is
+  transactional; a read-only transaction refuses writes; ``write_fn`` is a VOLATILE function
+  that writes, ``side_fn`` a VOLATILE one whose effect is outside the tables (a read-only
+  transaction does not stop it) and ``stable_fn`` a STABLE one (the catalog says so);
+* ``mysql``: every statement of a text or a batch commits on its own; DDL commits the open
+  transaction implicitly; a deadlock rolls the whole transaction back; the "in transaction"
+  status is updated by successful statements only (an error packet carries none);
+* ``sqlite``: one statement per call; a batch is atomic; no read-only guard.
+
+Faults are scripted per call: a context variable carries a :class:`Script` into the adapter,
+and the call's n-th statement on the server (BEGIN and COMMIT included, each batch row one)
+meets its fault: refused before sending, lost before or after it was applied, a lost race,
+a query error, a client-side encoding error, a hang before or after applying, and an outage
+(the server refuses connections for a while).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any, NamedTuple
+
+from resilientdb._dsn import SCHEMES, _Driver
+from resilientdb.backends.base import (
+    BackendFacts,
+    ConnectPaused,
+    ErrorKind,
+    PoolStats,
+    with_closed_flag,
+)
+
+KINDS = (
+    "unsent",
+    "lost_before",
+    "lost_after",
+    "retryable",
+    "query",
+    "client",
+    "hang_before",
+    "hang_after",
+)
+FACTS = {
+    "postgresql": BackendFacts("postgresql", True, ("BEGIN READ ONLY", "COMMIT")),
+    "mysql": BackendFacts("mysql", False, ("START TRANSACTION READ ONLY", "COMMIT"), "DO 0"),
+    "sqlite": BackendFacts("sqlite", True, None),
+}
+SERVERS: dict[str, Server] = {}
+
+
+class Fault(NamedTuple):
+    at: int  # the call's statement on the server, counted from 0
+    kind: str
+    down: float  # then the server refuses connections for this many seconds
+
+
+class Script:
+    """The faults of one call, by statement number."""
+
+    def __init__(self, faults: Sequence[Fault]) -> None:
+        self.faults = {f.at: f for f in faults}
+        self.count = 0
+
+    def next(self) -> Fault | None:
+        fault = self.faults.get(self.count)
+        self.count += 1
+        return fault
+
+
+SCRIPT: contextvars.ContextVar[Script | None] = contextvars.ContextVar("script", default=None)
+
+
+class Lost(ConnectionError):
+    """The connection died after the request was sent."""
+
+
+class NotSent(ConnectionError):
+    """The connection was closed before anything was written."""
+
+
+class Race(Exception):
+    """A deadlock: rolled back by the server."""
+
+
+class QueryError(Exception):
+    """The statement's own error."""
+
+
+class WriteRefused(QueryError):
+    """A write in a read-only transaction."""
+
+
+class Server:
+    def __init__(self, flavor: str) -> None:
+        self.flavor = flavor
+        self.committed: list[str] = []
+        self.down_until = 0.0
+
+    @property
+    def up(self) -> bool:
+        return asyncio.get_running_loop().time() >= self.down_until
+
+
+class ModelConnection:
+    def __init__(self, server: Server, default_timeout: float | None, generation: int) -> None:
+        self.server = server
+        self.flavor = server.flavor
+        self.default_timeout = default_timeout
+        self.generation = generation
+        self.closed = False
+        self.tx: list[str] | None = None
+        self.aborted = False
+        self.readonly = False
+        self.in_tx_status = False
+        self.savepoints: dict[str, int] = {}
+
+    def is_closed(self) -> bool:
+        return self.closed
+
+    # -- the calls ---------------------------------------------------------------------------
+
+    async def execute(self, query: str, *args: Any, timeout: float | None = None) -> Any:
+        result = await self._text(query, args, timeout)
+        return result if isinstance(result, str) else "SELECT"
+
+    async def fetch(self, query: str, *args: Any, timeout: float | None = None) -> list[Any]:
+        result = await self._text(query, args, timeout)
+        return result if isinstance(result, list) else []
+
+    async def fetchrow(self, query: str, *args: Any, timeout: float | None = None) -> Any:
+        rows = await self.fetch(query, *args, timeout=timeout)
+        return rows[0] if rows else None
+
+    async def fetchval(
+        self, query: str, *args: Any, column: int = 0, timeout: float | None = None
+    ) -> Any:
+        row = await self.fetchrow(query, *args, timeout=timeout)
+        return None if row is None else row[column]
+
+    async def executemany(
+        self, command: str, args: Sequence[Sequence[Any]], *, timeout: float | None = None
+    ) -> None:
+        if self.closed:
+            raise NotSent("connection is closed")
+        atomic = self.flavor != "mysql" and self.tx is None
+        if atomic:
+            self._begin(readonly=False)
+        try:
+            for n, row in enumerate(args):
+                # Drivers check the connection before the first row only (the MySQL adapter
+                # reports a later failure as a lost connection, never as unsent).
+                await self._statement(command, tuple(row), timeout, first=n == 0)
+        except BaseException:
+            if atomic and self.tx is not None and not self.closed:
+                self._rollback()
+            raise
+        if atomic and self.tx is not None:
+            self._commit()
+
+    # -- the server's side -------------------------------------------------------------------
+
+    async def _text(self, query: str, args: tuple[Any, ...], timeout: float | None) -> Any:
+        if self.closed:
+            raise NotSent("connection is closed")
+        statements = [s.strip() for s in query.split(";") if s.strip()]
+        if self.flavor == "sqlite" and len(statements) > 1:
+            raise QueryError("You can only execute one statement at a time")
+        implicit = self.flavor == "postgresql" and len(statements) > 1 and self.tx is None
+        result: Any = None
+        try:
+            for n, st in enumerate(statements):
+                if implicit and self.tx is None:
+                    self._begin(readonly=False)
+                result = await self._statement(st, args, timeout, first=n == 0)
+        except BaseException:
+            if implicit and self.tx is not None and not self.closed:
+                self._rollback()
+            raise
+        if implicit and self.tx is not None:
+            self._commit()
+        return result
+
+    async def _statement(
+        self, st: str, args: tuple[Any, ...], timeout: float | None, *, first: bool
+    ) -> Any:
+        script = SCRIPT.get()
+        fault = script.next() if script is not None else None
+        kind = None if fault is None else fault.kind
+        if kind in ("unsent", "client") and not first:
+            kind = "lost_before"  # a driver finds those before it writes the request, only
+        if fault is not None and fault.down:
+            loop = asyncio.get_running_loop()
+            self.server.down_until = max(self.server.down_until, loop.time() + fault.down)
+        if kind == "unsent":
+            self.die()
+            raise NotSent("connection is closed")
+        if kind == "client":
+            self.die()  # as asyncpg does after an encoding error in the query text
+            raise UnicodeEncodeError("utf-8", "\ud800", 0, 1, "surrogates not allowed")
+        if kind == "lost_before":
+            self.die()
+            raise Lost("connection was closed in the middle of operation")
+        if kind == "hang_before":
+            await self._hang(timeout)
+        if kind == "retryable":
+            self._failed(race=True)
+            raise Race("deadlock detected")
+        if kind == "query":
+            self._failed(race=False)
+            raise QueryError("injected query error")
+        try:
+            result = self._apply(st, args)
+        except QueryError:
+            self._failed(race=False)
+            raise
+        self.in_tx_status = self.tx is not None
+        if kind == "lost_after":
+            self.die()
+            raise Lost("connection was closed in the middle of operation")
+        if kind == "hang_after":
+            await self._hang(timeout)
+        await asyncio.sleep(0)
+        return result
+
+    async def _hang(self, timeout: float | None) -> None:
+        bound = self.default_timeout if timeout is None else timeout
+        await asyncio.sleep(3600 if bound is None else bound)
+        raise TimeoutError
+
+    def _failed(self, *, race: bool) -> None:
+        if self.tx is None:
+            return
+        if self.flavor == "postgresql":
+            self.aborted = True
+        elif self.flavor == "mysql" and race:
+            self.tx, self.aborted = None, False  # rolled back whole; the status stays stale
+        if self.flavor != "mysql":
+            self.in_tx_status = self.tx is not None
+
+    def _apply(self, st: str, args: tuple[Any, ...]) -> Any:
+        u = " ".join(st.upper().split())
+        if u.startswith(("BEGIN", "START TRANSACTION")):
+            if self.tx is not None and self.flavor == "mysql":
+                self._commit()
+            if self.tx is None:
+                self._begin(readonly="READ ONLY" in u)
+            return "BEGIN"
+        if u == "COMMIT":
+            if self.tx is None:
+                if self.flavor == "sqlite":
+                    raise QueryError("cannot commit - no transaction is active")
+                return "COMMIT"
+            if self.aborted:
+                self._rollback()
+                return "ROLLBACK"
+            self._commit()
+            return "COMMIT"
+        if u == "ROLLBACK":
+            self._rollback()
+            return "ROLLBACK"
+        if u.startswith(("SAVEPOINT", "RELEASE SAVEPOINT", "ROLLBACK TO SAVEPOINT")):
+            return self._savepoint(u)
+        if self.aborted:
+            raise QueryError("current transaction is aborted")
+        if u.startswith("SELECT SIDE_FN("):
+            # A VOLATILE function with an effect outside the tables (a message sent): a
+            # read-only transaction does not stop it, nor does a rollback undo it.
+            self.server.committed.append(str(args[0]) if args else st.split("'")[1])
+            return [(1,)]
+        if u.startswith(("INSERT INTO LOG VALUES", "SELECT WRITE_FN(")):
+            ident = str(args[0]) if args else st.split("'")[1]
+            self._write(ident)
+            return [(1,)] if u.startswith("SELECT") else "INSERT 0 1"
+        if u.startswith("CREATE TABLE"):
+            if self.flavor == "mysql" and self.tx is not None:
+                self._commit()  # the implicit commit: the transaction is over
+            return "CREATE TABLE"
+        if u == "SELECT V FROM LOG":
+            return [(v,) for v in [*self.server.committed, *(self.tx or [])]]
+        if u == "DO 0":
+            return "DO"
+        if u in ("SELECT 1", "SELECT STABLE_FN()"):
+            return [(1,)]
+        raise QueryError(f"syntax error: {st}")
+
+    def _write(self, ident: str) -> None:
+        if ident.startswith("!"):
+            raise QueryError("duplicate key value violates unique constraint")
+        if self.readonly:
+            raise WriteRefused("cannot execute INSERT in a read-only transaction")
+        if self.tx is not None:
+            self.tx.append(ident)
+        else:
+            self.server.committed.append(ident)
+
+    def _savepoint(self, u: str) -> str:
+        if self.tx is None:
+            raise QueryError("savepoint outside a transaction")
+        name = u.split()[-1]
+        if u.startswith("SAVEPOINT"):
+            if self.aborted:
+                raise QueryError("current transaction is aborted")
+            self.savepoints[name] = len(self.tx)
+        elif u.startswith("ROLLBACK"):
+            del self.tx[self.savepoints[name] :]
+            self.aborted = False
+        else:
+            self.savepoints.pop(name, None)
+        return "SAVEPOINT"
+
+    def _begin(self, *, readonly: bool) -> None:
+        self.tx, self.readonly, self.aborted = [], readonly, False
+        self.savepoints.clear()
+
+    def _commit(self) -> None:
+        if self.tx:
+            self.server.committed.extend(self.tx)
+        self.tx, self.readonly, self.aborted = None, False, False
+
+    def _rollback(self) -> None:
+        self.tx, self.readonly, self.aborted = None, False, False
+
+    def die(self) -> None:
+        """The connection goes: the server rolls back what it had open."""
+        self.closed = True
+        self._rollback()
+
+
+class ModelBackend:
+    """The adapter over one :class:`Server` (named by the DSN's host)."""
+
+    def __init__(self, dsn: Any, options: Any) -> None:
+        self.dsn = dsn
+        self.options = options
+        self.server = SERVERS[dsn.host]
+        self.facts = FACTS[self.server.flavor]
+        if self.server.flavor == "postgresql":
+            self.harmless_functions = self._harmless_functions
+        self._idle: list[ModelConnection] = []
+        self._opened = False
+        self._generation = 0
+        self.in_use = 0
+        self._may_connect: Callable[[], bool] = lambda: True
+
+    @property
+    def opened(self) -> bool:
+        return self._opened
+
+    async def _connect(self) -> ModelConnection:
+        await asyncio.sleep(0)
+        if not self.server.up:
+            raise ConnectionRefusedError("connection refused")
+        return ModelConnection(self.server, self.options.command_timeout, self._generation)
+
+    async def open(self) -> None:
+        self._idle.append(await self._connect())
+        self._opened = True
+
+    async def probe(self) -> None:
+        conn = await self._connect()
+        await conn.fetchval("SELECT 1")
+        conn.die()
+
+    async def refresh(self) -> None:
+        self._generation += 1
+        for conn in self._idle:
+            conn.die()
+        self._idle.clear()
+
+    async def close(self) -> None:
+        await self.refresh()
+        self._opened = False
+
+    def begin_statements(self, isolation: str | None, readonly: bool) -> tuple[str, ...]:
+        if self.server.flavor == "mysql":
+            return ("START TRANSACTION READ ONLY",) if readonly else ("START TRANSACTION",)
+        if self.server.flavor == "sqlite":
+            return ("BEGIN DEFERRED",) if readonly else ("BEGIN IMMEDIATE",)
+        return ("BEGIN READ ONLY",) if readonly else ("BEGIN",)
+
+    def set_connect_gate(self, may_connect: Callable[[], bool]) -> None:
+        self._may_connect = may_connect
+
+    def acquire(self, timeout: float | None) -> AbstractAsyncContextManager[Any]:
+        return self._lease(timeout)
+
+    @asynccontextmanager
+    async def _lease(self, timeout: float | None) -> AsyncIterator[ModelConnection]:
+        conn = None
+        while self._idle and conn is None:
+            candidate = self._idle.pop()
+            if not candidate.closed and candidate.generation == self._generation:
+                conn = candidate
+        if conn is None:
+            if not self._may_connect():
+                raise ConnectPaused("the supervisor is reconnecting")
+            async with asyncio.timeout(timeout):
+                conn = await self._connect()
+        self.in_use += 1
+        try:
+            yield conn
+        finally:
+            self.in_use -= 1
+            if conn.tx is not None:
+                conn.die()  # released inside a transaction: closed, the server rolls back
+            if not conn.closed and conn.generation == self._generation:
+                self._idle.append(conn)
+
+    def raw(self, conn: Any) -> Any:
+        return conn
+
+    def discard(self, conn: Any) -> None:
+        conn.die()
+
+    def classify(self, exc: BaseException, conn: Any = None) -> ErrorKind:
+        if isinstance(exc, Race):
+            return ErrorKind.RETRYABLE
+        if isinstance(exc, QueryError | UnicodeError):
+            return with_closed_flag(ErrorKind.QUERY, conn, exc)
+        if isinstance(exc, OSError | TimeoutError):
+            return ErrorKind.CONNECTION
+        return with_closed_flag(ErrorKind.QUERY, conn, exc)
+
+    def classify_connect(self, exc: BaseException) -> ErrorKind:
+        kind = self.classify(exc)
+        return ErrorKind.CONNECTION if kind is not ErrorKind.QUERY else ErrorKind.PERMANENT
+
+    def unsent(self, exc: BaseException) -> bool:
+        return isinstance(exc, NotSent | ConnectPaused)
+
+    def stats(self) -> PoolStats:
+        idle = len(self._idle)
+        return PoolStats(idle + self.in_use, idle, self.in_use, 1, self.options.max_size)
+
+    def in_transaction(self, conn: Any) -> bool:
+        return bool(conn.in_tx_status)
+
+    def commit_applied(self, result: Any) -> bool:
+        return result != "ROLLBACK"
+
+    def write_refused(self, exc: BaseException) -> bool:
+        return isinstance(exc, WriteRefused)
+
+    async def _harmless_functions(
+        self, conn: Any, names: frozenset[str]
+    ) -> tuple[frozenset[str], frozenset[str]]:
+        return frozenset(names & {"stable_fn"}), frozenset()
+
+
+SCHEMES["model"] = _Driver("model", "asyncio", "", "tests.model.server:ModelBackend", frozenset())
+
+
+@asynccontextmanager
+async def scripted(faults: Sequence[Fault]) -> AsyncIterator[Script]:
+    """Run the enclosed call with ``faults``."""
+    script = Script(faults)
+    token = SCRIPT.set(script)
+    try:
+        yield script
+    finally:
+        SCRIPT.reset(token)
