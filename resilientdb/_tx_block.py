@@ -176,15 +176,17 @@ async def _finish(
     failure: BaseException | None,
 ) -> None:
     """End the block: roll back what is left open, give the connection back, close the
-    handle. A cancelled caller does not wait: that work goes to the background."""
+    handle. A cancelled caller does not wait: that work goes to the background, and so does
+    whatever is left when the caller is cancelled during this clean-up."""
     backend, monitor = db._backend, db._monitor
     live = tx.state is not TxState.LOST
     in_flight = tx.committing  # COMMIT sent and not answered: the connection's state is unknown
     tx.state = TxState.CLOSED
+    cancelled = failure is not None and not isinstance(failure, Exception)
     if live and in_flight:
         backend.discard(tx._conn)
     elif live and failure is not None and backend.in_transaction(tx._conn):
-        if not isinstance(failure, Exception):  # cancelled: roll back in the background
+        if cancelled:
 
             async def later() -> None:
                 await tx.rollback_quietly()
@@ -192,8 +194,13 @@ async def _finish(
 
             monitor.release_later(later())
             return
-        await tx.rollback_quietly()
-    if failure is not None and not isinstance(failure, Exception):
+        try:
+            await tx.rollback_quietly()
+        except BaseException:
+            backend.discard(tx._conn)  # cancelled mid-rollback: the server rolls back
+            monitor.release_later(cm.__aexit__(None, None, None))
+            raise
+    if cancelled:
         monitor.release_later(cm.__aexit__(None, None, None))
         return
     with contextlib.suppress(Exception):

@@ -32,6 +32,16 @@ from asyncpg import exceptions as pgexc
 from .._redact import register_secret
 from .._wheel import TimeoutWheel
 from ..config import DSN, Options
+from ._pg_pool import (
+    CLOSE_TIMEOUT,
+    SESSION_SETTINGS,
+    Lease,
+    close_connection,
+    connected_holder_free,
+    connection_class,
+    restore_script,
+    warm_up,
+)
 from ._sockets import tune_transport
 from .base import (
     Backend,
@@ -47,12 +57,7 @@ from .base import (
 
 __all__ = ["SQLSTATE_KINDS", "PostgresBackend", "classify_error"]
 
-CLOSE_TIMEOUT = 5.0
 FACTS = BackendFacts("postgresql", atomic_batch=True, readonly_guard=("BEGIN READ ONLY", "COMMIT"))
-# Session settings after on_connect, and what restores them on release.
-_SESSION_SETTINGS = (
-    "SELECT name, current_setting(name) FROM pg_catalog.pg_settings WHERE source = 'session'"
-)
 _FUNCTIONS = (
     "SELECT p.proname::text, bool_or(p.provolatile = 'v') FROM pg_catalog.pg_proc p "
     "WHERE p.proname::text = ANY($1::text[]) GROUP BY p.proname"
@@ -61,25 +66,6 @@ _VOLATILE_OPERATORS = (
     "SELECT DISTINCT o.oprname::text FROM pg_catalog.pg_operator o "
     "JOIN pg_catalog.pg_proc p ON p.oid = o.oprcode WHERE p.provolatile = 'v'"
 )
-
-
-def _with_own_reset(base: type[Any]) -> type[Any]:
-    """``base`` (an asyncpg connection class) with a reset query set per connection."""
-
-    def get_reset_query(self: Any) -> str:
-        own: str | None = getattr(self, "_resilientdb_reset", None)
-        return own if own is not None else str(base.get_reset_query(self))
-
-    # No __slots__: instances get the __dict__ that holds `_resilientdb_reset`.
-    return type(f"Resilient{base.__name__}", (base,), {"get_reset_query": get_reset_query})
-
-
-_Connection = _with_own_reset(asyncpg.Connection)
-
-
-def _literal(text: str) -> str:
-    # E'' reads the same whatever standard_conforming_strings says.
-    return "E'" + text.replace("\\", "\\\\").replace("'", "''") + "'"
 
 
 C, R, P = ErrorKind.CONNECTION, ErrorKind.RETRYABLE, ErrorKind.PERMANENT
@@ -155,7 +141,7 @@ class PostgresBackend:
         self._pool: asyncpg.Pool[asyncpg.Record] | None = None
         # Giving a connection back runs asyncpg's reset query: bounded like any statement.
         self._release_timeout = min(options.connect_timeout, options.command_timeout or math.inf)
-        self._connection_class = _connection_class(options.connect_kwargs)
+        self._connection_class = connection_class(options.connect_kwargs)
         self._may_connect: Callable[[], bool] = lambda: True
         self._wheel = TimeoutWheel()
         self._expires: dict[int, float] = {}  # server pid -> when the connection retires
@@ -174,14 +160,10 @@ class PostgresBackend:
             return
         async with asyncio.timeout(self.options.connect_timeout):
             await hook(conn)
-            settings = await conn.fetch(_SESSION_SETTINGS)
-        restore = ", ".join(
-            f"pg_catalog.set_config({_literal(name)}, {_literal(value)}, false)"
-            for name, value in settings
-        )
+            settings = await conn.fetch(SESSION_SETTINGS)
         base = cast(Any, type(conn)).__bases__[0].get_reset_query(conn)  # the driver's own
         with contextlib.suppress(AttributeError):  # a connection class of the user's own
-            cast(Any, conn)._resilientdb_reset = base + (f"\nSELECT {restore};" if restore else "")
+            cast(Any, conn)._resilientdb_reset = restore_script(base, list(settings))
 
     def begin_statements(self, isolation: str | None, readonly: bool) -> tuple[str, ...]:
         sql = "BEGIN"
@@ -234,7 +216,7 @@ class PostgresBackend:
         async with asyncio.timeout(opts.connect_timeout * 2):
             ready = await pool
             try:
-                await _warm_up(ready, max(opts.min_size, 1))
+                await warm_up(ready, max(opts.min_size, 1))
             except BaseException:
                 ready.terminate()
                 raise
@@ -248,7 +230,7 @@ class PostgresBackend:
         try:
             await conn.fetchval("SELECT 1", timeout=opts.connect_timeout)
         finally:
-            await _close_connection(conn)
+            await close_connection(conn)
 
     async def refresh(self) -> None:
         if self._pool is not None:
@@ -267,9 +249,9 @@ class PostgresBackend:
         pool = self._pool
         if pool is None:
             raise pgexc.InterfaceError("pool is closed")
-        if timeout is not None and _connected_holder_free(pool):
+        if timeout is not None and connected_holder_free(pool):
             timeout = None  # acquire() returns without waiting or connecting: no timer needed
-        return _Lease(pool, timeout, self._wheel, self._release_timeout)
+        return Lease(pool, timeout, self._wheel, self._release_timeout)
 
     def raw(self, conn: Connection) -> Any:
         return conn
@@ -352,7 +334,7 @@ class PostgresBackend:
         if not dead and pool.get_size() < opts.min_size:
             try:
                 async with asyncio.timeout(opts.connect_timeout):
-                    await _warm_up(pool, opts.min_size)
+                    await warm_up(pool, opts.min_size)
             except Exception:
                 dead += 1
         return dead
@@ -385,76 +367,6 @@ class PostgresBackend:
             return PoolStats(0, 0, 0, opts.min_size, opts.max_size)
         size, idle = pool.get_size(), pool.get_idle_size()
         return PoolStats(size, idle, size - idle, opts.min_size, opts.max_size)
-
-
-class _Lease:
-    """``pool.acquire()`` bounded through the adapter's shared timeout wheel (``timeout``
-    None: unbounded, for a free open connection), and a bounded release."""
-
-    __slots__ = ("_conn", "_pool", "_release_timeout", "_timeout", "_wheel")
-
-    def __init__(
-        self,
-        pool: asyncpg.Pool[asyncpg.Record],
-        timeout: float | None,
-        wheel: TimeoutWheel,
-        release_timeout: float,
-    ) -> None:
-        self._pool = pool
-        self._timeout = timeout
-        self._wheel = wheel
-        self._release_timeout = release_timeout
-        self._conn: Any = None
-
-    async def __aenter__(self) -> Connection:
-        acquiring = self._pool.acquire()
-        if self._timeout is None:
-            self._conn = await acquiring
-        else:
-            self._conn = await self._wheel.wait(acquiring, self._timeout)
-        return cast(Connection, self._conn)
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            await self._pool.release(conn, timeout=self._release_timeout)
-
-
-def _connected_holder_free(pool: asyncpg.Pool[asyncpg.Record]) -> bool:
-    """Whether ``pool.acquire()`` would hand out an open connection at once (asyncpg's
-    holders queue is LIFO: the last one is next), so it needs no timeout."""
-    queue = getattr(getattr(pool, "_queue", None), "_queue", None)
-    if not queue:
-        return False
-    con = getattr(queue[-1], "_con", None)
-    return con is not None and not con.is_closed()
-
-
-def _connection_class(connect_kwargs: Mapping[str, Any]) -> type[Any]:
-    """Our connection class, over the user's own when ``connect_kwargs`` names one."""
-    theirs = connect_kwargs.get("connection_class")
-    if theirs is None or theirs is asyncpg.Connection:
-        return _Connection
-    return _with_own_reset(theirs)
-
-
-async def _warm_up(pool: asyncpg.Pool[asyncpg.Record], count: int) -> None:
-    """Open ``count`` connections (at least one: that is what proves the server answers)."""
-    conns = await asyncio.gather(*(pool.acquire() for _ in range(count)), return_exceptions=True)
-    for conn in conns:
-        if not isinstance(conn, BaseException):
-            await pool.release(conn)
-    for conn in conns:
-        if isinstance(conn, BaseException):
-            raise conn
-
-
-async def _close_connection(conn: asyncpg.Connection[asyncpg.Record]) -> None:
-    try:
-        await asyncio.wait_for(conn.close(), timeout=CLOSE_TIMEOUT)
-    except (Exception, asyncio.CancelledError):
-        conn.terminate()
-        raise
 
 
 if TYPE_CHECKING:  # mypy checks the adapter against the protocols it implements
