@@ -77,6 +77,11 @@ class Transaction:
         self.committed = False  # COMMIT answered: the transaction is committed
 
     @property
+    def lost(self) -> BaseException | None:
+        """The error that lost the transaction's connection, or ``None``."""
+        return self._cause if self.state is TxState.LOST else None
+
+    @property
     def connection(self) -> Any:
         """The raw driver connection the transaction runs on."""
         self._check()

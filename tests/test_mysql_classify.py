@@ -16,7 +16,7 @@ from resilientdb.errors import ConfigurationError
 
 C, R, P, Q = ErrorKind.CONNECTION, ErrorKind.RETRYABLE, ErrorKind.PERMANENT, ErrorKind.QUERY
 
-# What DESIGN.md section 5 and the issue require of the table, row by row.
+# What the error table must say, row by row (docs/design.md).
 EXPECTED = {
     2003: C,
     2006: C,

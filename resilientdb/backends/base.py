@@ -39,7 +39,7 @@ class ConnectPaused(ConnectionError):
 
 
 class ErrorKind(enum.Enum):
-    """What an error means for the supervisor (DESIGN.md section 5)."""
+    """What an error means for the supervisor (docs/design.md, "When an operation is replayed")."""
 
     CONNECTION = "connection"  # the connection or server is gone: reconnect, replay if safe
     RETRYABLE = "retryable"  # the connection is fine; the transaction lost a race
