@@ -36,7 +36,6 @@ from ._leases import Attempts, Leases, deadline_after
 from ._replay import Verdict, verdict
 from ._states import State
 from .backends.base import Connection, ErrorKind
-from .errors import ResilientDBError
 
 __all__ = ["Engine", "deadline_after"]
 
@@ -65,10 +64,7 @@ class Engine(Leases):
         guard = False  # the next attempt runs read-only (a replay judged by its text)
         while True:
             if gate.state is not _CONNECTED:
-                try:
-                    await gate.wait(self._gate_deadline(deadline))
-                except ResilientDBError as exc:
-                    raise self.final(exc, tried)  # noqa: B904 (the gate chained the cause)
+                await self.pass_gate(deadline, tried)
             generation = self._monitor.generation
             acquire_timeout: float | None
             command_timeout: float | None

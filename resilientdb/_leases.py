@@ -63,6 +63,13 @@ class Leases:
         self._catalog = Catalog()
         self.name = monitor.name
 
+    async def pass_gate(self, deadline: float | None, tried: Attempts | None) -> None:
+        """Wait at the gate (the caller checked it is not open); its error ends the call."""
+        try:
+            await self._gate.wait(self._gate_deadline(deadline))
+        except ResilientDBError as exc:
+            raise self.final(exc, tried)  # noqa: B904 (the gate chained the cause)
+
     async def checkout(
         self, deadline: float | None
     ) -> tuple[AbstractAsyncContextManager[Any], Connection, int]:
@@ -72,10 +79,7 @@ class Leases:
         tried: Attempts | None = None
         while True:
             if gate.state is not _CONNECTED:
-                try:
-                    await gate.wait(self._gate_deadline(deadline))
-                except ResilientDBError as exc:
-                    raise self.final(exc, tried)  # noqa: B904 (the gate chained the cause)
+                await self.pass_gate(deadline, tried)
             generation = self._monitor.generation
             try:
                 cm = backend.acquire(self.bound(self._options.acquire_timeout, deadline))

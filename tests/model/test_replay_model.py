@@ -235,6 +235,7 @@ KNOWN = [
 ]
 
 
+@pytest.mark.timeout(max(120, EXAMPLES))  # about 0.15 s an example; a long search may run
 @pytest.mark.parametrize("flavor", ["postgresql", "mysql", "sqlite"])
 def test_what_each_call_reports_is_what_was_applied(flavor: str) -> None:
     @seed(20261202)
