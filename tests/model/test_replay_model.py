@@ -33,6 +33,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, seed, settings
 from hypothesis import strategies as st
 
+import tests.model.adapter  # noqa: F401  (registers model://)
 from resilientdb import Backoff, OutcomeUnknown, Supervisor
 from tests.model.server import KINDS, SERVERS, Fault, QueryError, Server, scripted
 
