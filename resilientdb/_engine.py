@@ -153,10 +153,15 @@ class Engine(Leases):
             return False
         if idempotent is False or v is None or not v.read_only:
             raise self.unknown(op, exc, "it is not known to be safe to replay")
+        guard = self._facts.readonly_guard is not None
+        if guard and v.locks:
+            # A locking read cannot run in a read-only transaction, the net that refuses a
+            # write the text does not show (a view, a function in attribute notation).
+            raise self.unknown(op, exc, "a locking read is replayed only when idempotent=True")
         if not await self._harmless(v, deadline):
             raise self.unknown(op, exc, "it calls a function that may write")
         self._within_budget(op, tried, exc)
-        return self._facts.readonly_guard is not None and not v.locks
+        return guard
 
     def _after_lost_race(
         self,

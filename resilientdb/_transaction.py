@@ -147,10 +147,13 @@ class Transaction:
         except Exception as exc:
             await self._after_error(exc, op, query)
             raise
-        if not self._db._backend.in_transaction(conn):
-            # The statement ended the transaction (an implicit commit, or COMMIT/ROLLBACK in
-            # its text): what came before may be committed; the rest gets a new transaction.
-            await self._reopen(exc=None)
+        backend = self._db._backend
+        ends = verdict(query, backend.facts.family).ends_transaction  # cached per text
+        if ends or not backend.in_transaction(conn):
+            # The statement may have ended the transaction: an implicit commit, COMMIT or
+            # ROLLBACK in its text, or a commit that opened the next one at once (COMMIT AND
+            # CHAIN, MySQL's START TRANSACTION). What came before may be committed.
+            await self._ended(op, query, None)
         return result
 
     async def _after_error(self, exc: Exception, op: str, query: str) -> None:
@@ -168,18 +171,33 @@ class Transaction:
             self._mark(TxState.ROLLED_BACK, exc)
             return
         self._failed = exc
-        status = backend.facts.status_statement
-        if status is not None and verdict(query, backend.facts.family).ends_transaction:
+        if verdict(query, backend.facts.family).ends_transaction:
             # A statement that commits implicitly may have done so before it failed (MySQL
-            # does, unless it failed to parse); the error reply did not say: ask.
-            try:
-                await self._conn.execute(status)
-            except Exception as failure:
-                raise self.lose(failure, f"transaction {op}", committing=True) from exc
-            if not backend.in_transaction(self._conn):
-                await self._reopen(exc)
-        elif not backend.in_transaction(self._conn):
+            # does, unless it failed to parse).
+            await self._ended(op, query, exc)
+            return
+        await self._refresh_status(op, exc)
+        if not backend.in_transaction(self._conn):
             self._mark(TxState.ROLLED_BACK, exc)  # the server ended it on this error
+
+    async def _ended(self, op: str, query: str, exc: Exception | None) -> None:
+        """A statement that may have ended the transaction ran (or failed): learn whether a
+        transaction is still open, and open a new one when none is."""
+        await self._refresh_status(op, exc)
+        self.committed_early = True
+        if not self._db._backend.in_transaction(self._conn):
+            await self._reopen(exc)
+
+    async def _refresh_status(self, op: str, exc: Exception | None) -> None:
+        """Bring the driver's transaction status up to date where error replies and result
+        sets carry none (MySQL: ``BackendFacts.status_statement``)."""
+        status = self._db._backend.facts.status_statement
+        if status is None:
+            return
+        try:
+            await self._conn.execute(status)
+        except Exception as failure:
+            raise self.lose(failure, f"transaction {op}", committing=True) from exc
 
     def lose(self, exc: BaseException, where: str, *, committing: bool) -> BaseException:
         """The connection died: discard it and return the error to raise (TransactionLost, or

@@ -31,6 +31,7 @@ __all__ = ["DEFAULT_PORT", "MySQLConnection", "alive", "connect", "driver_kwargs
 
 DEFAULT_PORT = 3306
 _COM_QUIT = struct.pack("<i", 1) + b"\x01"  # length 1, sequence 0, COM_QUIT
+_MULTI_PACKET = 2**24 - 1  # MySQL's largest packet: longer statements are split
 
 
 def alive(raw: Any) -> bool:
@@ -39,6 +40,11 @@ def alive(raw: Any) -> bool:
     if writer is None or reader is None or writer.transport.is_closing():
         return False
     return not (getattr(reader, "eof_received", False) or reader.exception() is not None)
+
+
+def _too_long(query: str, raw: Any) -> bool:
+    """Whether PyMySQL had to split ``query`` over several packets (error path only)."""
+    return len(query.encode(raw.encoding, "surrogateescape")) >= _MULTI_PACKET
 
 
 def quit_raw(raw: Any) -> None:
@@ -142,6 +148,14 @@ class MySQLConnection:
                     raw.close()
                     raise myerr.OperationalError(
                         2013, f"Lost connection to MySQL server during a batch ({exc})"
+                    ) from exc
+                if isinstance(exc, myerr.InternalError) and _too_long(query, raw):
+                    # PyMySQL splits a statement this long over several packets; a server whose
+                    # max_allowed_packet is smaller answers 1153 after the first and hangs up,
+                    # and the reply then reads out of step. Nothing ran.
+                    raw.close()
+                    raise myerr.OperationalError(
+                        1153, f"the statement is larger than max_allowed_packet ({exc})"
                     ) from exc
                 if not isinstance(exc, myerr.MySQLError | UnicodeEncodeError):
                     # Cancelled, timed out, or failed mid-protocol: unread bytes may follow,

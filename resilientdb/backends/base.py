@@ -56,8 +56,9 @@ class BackendFacts:
     atomic_batch: bool
     """``executemany`` applies every row or none (one transaction on the server)."""
     readonly_guard: tuple[str, str] | None = None
-    """Statements that open and close a read-only transaction: a replay judged read-only by
-    its text runs inside them, so that a write the text did not show is refused."""
+    """Statements that open a read-only transaction and roll it back: a replay judged
+    read-only by its text runs inside them, so that a write the text did not show is refused
+    by the server, and what a read-only transaction still allows (a notification) is undone."""
     status_statement: str | None = None
     """A statement that does nothing but bring the driver's transaction status up to date,
     for drivers whose error replies carry none (MySQL): sent only after a failed statement

@@ -63,10 +63,11 @@ FACTS = BackendFacts(
     # PyMySQL runs a batch as separate statements (or a multi-row INSERT), each committing
     # on its own in autocommit mode: a failure midway leaves the earlier rows applied.
     atomic_batch=False,
-    readonly_guard=("START TRANSACTION READ ONLY", "COMMIT"),
+    readonly_guard=("START TRANSACTION READ ONLY", "ROLLBACK"),
     status_statement="DO 0",  # its OK packet carries SERVER_STATUS_IN_TRANS
 )
 ER_CANT_EXECUTE_IN_READ_ONLY_TRANSACTION = 1792
+ER_NET_PACKET_TOO_LARGE = 1153
 
 # Error number (server ER_* or client CR_*) -> kind. Codes not listed are QUERY (syntax 1064,
 # duplicate key 1062, unknown table 1146, KILL QUERY 1317, statement timeouts 1969/3024...).
@@ -87,6 +88,9 @@ CODE_KINDS: Mapping[int, ErrorKind] = {
     1927: C,  # ER_CONNECTION_KILLED (MariaDB): KILL of this connection (also seen as 2013)
     4031: C,  # ER_CLIENT_INTERACTION_TIMEOUT (MySQL 8.0.24+): closed for inactivity
     1213: R,  # ER_LOCK_DEADLOCK: the transaction (or the lone statement) was rolled back
+    # ER_CHECKREAD ("Record has changed since last read"; innodb_snapshot_isolation): InnoDB
+    # rolled the whole transaction back, as for a deadlock.
+    1020: R,
     # ER_LOCK_WAIT_TIMEOUT: InnoDB rolls back the statement only (innodb_rollback_on_timeout
     # is off by default). A single autocommit statement is therefore safe to replay; inside
     # a transaction the transaction layer re-runs the whole transaction.
@@ -228,6 +232,10 @@ class MySQLBackend:
     # -- errors -------------------------------------------------------------------------------
 
     def classify(self, exc: BaseException, conn: Connection | None = None) -> ErrorKind:
+        if _errno(exc) == ER_NET_PACKET_TOO_LARGE:
+            # The statement is larger than the server's max_allowed_packet: refused before it
+            # ran, and the server hung up. The caller's error, no outage.
+            return Q
         return with_closed_flag(classify_error(exc), conn, exc)
 
     def classify_connect(self, exc: BaseException) -> ErrorKind:

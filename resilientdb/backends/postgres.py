@@ -57,7 +57,9 @@ from .base import (
 
 __all__ = ["SQLSTATE_KINDS", "PostgresBackend", "classify_error"]
 
-FACTS = BackendFacts("postgresql", atomic_batch=True, readonly_guard=("BEGIN READ ONLY", "COMMIT"))
+FACTS = BackendFacts(
+    "postgresql", atomic_batch=True, readonly_guard=("BEGIN READ ONLY", "ROLLBACK")
+)
 _FUNCTIONS = (
     "SELECT p.proname::text, bool_or(p.provolatile = 'v') FROM pg_catalog.pg_proc p "
     "WHERE p.proname::text = ANY($1::text[]) GROUP BY p.proname"
@@ -262,6 +264,10 @@ class PostgresBackend:
             cast("asyncpg.Connection[asyncpg.Record]", conn).terminate()
 
     def classify(self, exc: BaseException, conn: Connection | None = None) -> ErrorKind:
+        if isinstance(exc, pgexc.ProtocolViolationError):
+            # 08P01: the server refused the message itself (a NUL in the query text) before
+            # running anything, and closed the connection: the caller's error, no outage.
+            return ErrorKind.QUERY
         return with_closed_flag(classify_error(exc), conn, exc)
 
     def classify_connect(self, exc: BaseException) -> ErrorKind:

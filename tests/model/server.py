@@ -44,8 +44,8 @@ KINDS = (
     "hang_after",
 )
 FACTS = {
-    "postgresql": BackendFacts("postgresql", True, ("BEGIN READ ONLY", "COMMIT")),
-    "mysql": BackendFacts("mysql", False, ("START TRANSACTION READ ONLY", "COMMIT"), "DO 0"),
+    "postgresql": BackendFacts("postgresql", True, ("BEGIN READ ONLY", "ROLLBACK")),
+    "mysql": BackendFacts("mysql", False, ("START TRANSACTION READ ONLY", "ROLLBACK"), "DO 0"),
     "sqlite": BackendFacts("sqlite", True, None),
 }
 SERVERS: dict[str, Server] = {}
