@@ -313,6 +313,6 @@ class Ledger:
             balances,
             expected,
             expected_total=self.initial * self.accounts,
-            replays=self.sup.db._monitor.replays,
+            replays=self.sup.db.statistics().replays,
             faults=faults,
         )

@@ -125,7 +125,7 @@ async def test_cancelled_call_in_a_partition_returns_promptly(
                 assert task.cancelled()
             else:
                 assert isinstance(task.exception(), TimeoutError)
-            await until(lambda: db._backend.stats().in_use == 0, timeout=5)  # nothing leaked
+            await until(lambda: db.statistics().pool.in_use == 0, timeout=5)  # nothing leaked
             assert await db.fetchval("SELECT 1", timeout=10) == 1
 
 

@@ -256,7 +256,7 @@ async def test_handle_used_after_its_block_is_closed(target: Target) -> None:
         await fresh_table(db, "closed_log")
         async with db.transaction() as stale:
             await stale.execute(target.sql("INSERT INTO closed_log VALUES ({p})"), "inside")
-        reconnects = db._monitor.reconnects
+        reconnects = db.statistics().reconnects
         with pytest.raises(RuntimeError, match="roll back"):
             async with db.transaction() as other:
                 await other.execute(target.sql("INSERT INTO closed_log VALUES ({p})"), "other")
@@ -271,7 +271,7 @@ async def test_handle_used_after_its_block_is_closed(target: Target) -> None:
                 raise RuntimeError("roll back the other caller's transaction")
         assert await ids(db, "closed_log") == ["inside"]
         await rec.settle()
-        assert db._monitor.reconnects == reconnects
+        assert db.statistics().reconnects == reconnects
         assert rec.of(*OUTAGE_EVENTS) == []
         assert db.state is State.CONNECTED
 

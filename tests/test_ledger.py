@@ -22,6 +22,7 @@ from typing import Any
 from resilientdb import Backoff, Supervisor
 from resilientdb.config import parse_dsn, with_host
 from resilientdb.testing import FaultProxy
+from tests.handles import adapter, supervised
 from tests.ledger import MYSQL, POSTGRES, SQLITE, Dialect, Fault, Ledger, Report
 from tests.servers import MariaDBServer, PostgresServer, ServerError
 
@@ -249,7 +250,7 @@ def sqlite_faults(sup: Supervisor, path: Path) -> list[Fault]:
         return await proc.wait()
 
     async def close_underneath() -> int:
-        backend: Any = sup.db._backend
+        backend: Any = adapter(sup)
         raws = backend.raw_connections()
         for raw in raws:
             await raw.close()
@@ -277,7 +278,7 @@ async def run_sqlite(
     path: Path, *, duration: float = DURATION, workers: int = 8, schedule: Schedule = _once
 ) -> tuple[Report, dict[str, Any]]:
     """The ledger on a SQLite file, with SQLite's faults; the report and the faults fired."""
-    sup = Supervisor(
+    sup = supervised(
         f"sqlite:///{path}",
         max_size=4,
         gate_timeout=15,

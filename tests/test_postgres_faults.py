@@ -85,8 +85,8 @@ async def test_readers_ride_out_restart_and_reset(pg: PostgresServer, proxy: Fau
         assert pg.pid != old_pid  # the server really restarted
         mark = done
         await until(lambda: done > mark + 200)
-        assert sup.db._monitor.reconnects >= 1
-        reconnects = sup.db._monitor.reconnects
+        assert sup.db.statistics().reconnects >= 1
+        reconnects = sup.db.statistics().reconnects
         resets = proxy.reset()
         assert resets >= 1 and proxy.stats.resets >= resets
         mark = done
@@ -95,7 +95,7 @@ async def test_readers_ride_out_restart_and_reset(pg: PostgresServer, proxy: Fau
         await asyncio.gather(*readers)
         assert sup.state is State.CONNECTED
         # Connections reset while the server is up are replaced one by one: no outage.
-        assert sup.db._monitor.reconnects == reconnects
+        assert sup.db.statistics().reconnects == reconnects
     assert errors == []
     assert set(paths) == {"app_schema, public"}  # on_connect ran again on every new connection
     states = rec.states()
@@ -152,7 +152,7 @@ async def test_terminated_backend_during_insert_is_outcome_unknown(pg: PostgresS
         with pytest.raises(OutcomeUnknown) as info:
             await insert
         assert isinstance(info.value.__cause__, asyncpg.ConnectionDoesNotExistError)
-        assert sup.db._monitor.outcome_unknown == 1
+        assert sup.db.statistics().outcome_unknown == 1
         count = await sup.db.fetchval("SELECT count(*) FROM ledger WHERE id = 'op-1'")
         assert count <= 1
 
@@ -212,7 +212,7 @@ async def test_query_error_raised_unchanged_once(pg: PostgresServer) -> None:
             await sup.db.fetchval("SELECT nextval('attempts') / 0")
         assert await sup.db.fetchval("SELECT last_value FROM attempts") == 1
         assert sup.state is State.CONNECTED
-        assert sup.db._monitor.reconnects == 0 and sup.db._monitor.replays == 0
+        assert sup.db.statistics().reconnects == 0 and sup.db.statistics().replays == 0
 
 
 async def test_blackhole_never_hangs_past_deadline(pg: PostgresServer, proxy: FaultProxy) -> None:
@@ -281,15 +281,15 @@ async def test_cancellation_leaks_no_connection_and_no_task(pg: PostgresServer) 
                 c.cancel()
             await asyncio.gather(*calls, return_exceptions=True)
         # Cancelled callers hand their connections back in the background: bounded.
-        await until(lambda: sup.db._backend.stats().in_use == 0, timeout=5)
+        await until(lambda: sup.db.statistics().pool.in_use == 0, timeout=5)
         await until(lambda: asyncio.all_tasks() <= tasks_before | {asyncio.current_task()})
         server_side = int(
             await asyncio.to_thread(
                 pg.admin_query, "SELECT count(*) FROM pg_stat_activity WHERE usename = 'app'"
             )
         )
-        assert server_side == sup.db._backend.stats().size <= 5
-        assert sup.db._gate.waiting == 0
+        assert server_side == sup.db.statistics().pool.size <= 5
+        assert sup.db.statistics().waiting == 0
         assert await sup.db.fetchval("SELECT 1") == 1
     await until(
         lambda: (

@@ -59,7 +59,7 @@ async def test_commit_rollback_and_savepoint(sup: Supervisor) -> None:
     with pytest.raises(ValueError, match="isolation"):
         async with db.transaction(isolation="chaotic"):
             pass
-    assert db._backend.stats().in_use == 0
+    assert db.statistics().pool.in_use == 0
 
 
 async def test_terminated_inside_transaction_is_transaction_lost(

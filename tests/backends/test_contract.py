@@ -18,11 +18,12 @@ from resilientdb import (
     TransactionLost,
 )
 from tests.backends.conftest import Target
+from tests.handles import adapter, supervised
 
 
 @pytest.fixture
 async def sup(target: Target) -> AsyncIterator[Supervisor]:
-    s = Supervisor(target.dsn, min_size=1, max_size=4)
+    s = supervised(target.dsn, min_size=1, max_size=4)
     async with s:
         db = s.db
         await db.execute("DROP TABLE IF EXISTS items", idempotent=True)
@@ -36,7 +37,7 @@ async def sup(target: Target) -> AsyncIterator[Supervisor]:
 async def kill_underneath(target: Target, sup: Supervisor) -> None:
     """Make the app's connections die without the supervisor being told."""
     if target.name == "sqlite":
-        backend: Any = sup.db._backend
+        backend: Any = adapter(sup)
         for raw in backend.raw_connections():
             await raw.close()
     else:
@@ -80,7 +81,7 @@ async def test_query_error_unchanged_after_one_attempt(sup: Supervisor) -> None:
         "sqlite3",
         "aiomysql",
     }
-    assert db.state is State.CONNECTED and db._monitor.replays == 0
+    assert db.state is State.CONNECTED and db.statistics().replays == 0
 
 
 async def test_read_is_replayed_after_connections_die(target: Target, sup: Supervisor) -> None:
@@ -162,11 +163,11 @@ async def test_cancellation_leaks_nothing(sup: Supervisor) -> None:
             c.cancel()
         await asyncio.gather(*calls, return_exceptions=True)
     for _ in range(100):
-        if db._backend.stats().in_use == 0:
+        if db.statistics().pool.in_use == 0:
             break
         await asyncio.sleep(0.02)
-    assert db._backend.stats().in_use == 0
-    assert db._gate.waiting == 0
+    assert db.statistics().pool.in_use == 0
+    assert db.statistics().waiting == 0
     assert asyncio.all_tasks() <= before | {asyncio.current_task()}
     assert await db.fetchval("SELECT 1") == 1
 
