@@ -25,10 +25,10 @@ import asyncpg
 import pytest
 from pymysql import err as myerr
 
+from harness.servers import MariaDBServer, PostgresServer
 from resilientdb import Supervisor, events
 from resilientdb.config import parse_dsn, with_host
 from resilientdb.testing import FaultProxy
-from tests.servers import MariaDBServer, PostgresServer
 
 T = TypeVar("T")
 

@@ -16,6 +16,7 @@ import asyncpg
 import pytest
 from pymysql import err as myerr
 
+from harness.servers import MariaDBServer, PostgresServer
 from resilientdb import OutcomeUnknown, Supervisor, events
 from tests.audit_support import (
     chain,
@@ -30,7 +31,6 @@ from tests.audit_support import (
     prepare_hot_mysql,
     until_async,
 )
-from tests.servers import MariaDBServer, PostgresServer
 
 
 async def lock_wait_1s(raw: Any) -> None:

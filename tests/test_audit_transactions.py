@@ -24,6 +24,7 @@ import asyncpg
 import pytest
 from pymysql import err as myerr
 
+from harness.servers import MariaDBServer, PostgresServer
 from resilientdb import (
     DatabaseUnavailable,
     OutcomeUnknown,
@@ -46,7 +47,6 @@ from tests.audit_support import (
     settle_task,
     until_async,
 )
-from tests.servers import MariaDBServer, PostgresServer
 
 
 @pytest.fixture(params=["postgres", "mysql", "sqlite"])

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from benchmarks import memory, outages, overhead, report, storm
-from tests.servers import MariaDBServer, PostgresServer, require
+from harness.servers import MariaDBServer, PostgresServer, require
 
 
 @pytest.fixture(scope="module")

@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 
 import resilientdb.testing.fake  # noqa: F401  (registers fake://)
+from harness.servers import SECURE_PASSWORD, SECURE_USER, PostgresServer
 from resilientdb import Backoff, ConfigurationError, State, Supervisor
 from resilientdb.health import HealthReport, HealthStatus
 from resilientdb.testing.fake import FakeBackend
-from tests.servers import SECURE_PASSWORD, SECURE_USER, PostgresServer
 
 FAST = Backoff(initial=0.005, maximum=0.02, jitter=0.0)
 SLOW = Backoff(initial=30.0, maximum=30.0, jitter=0.0)  # no second attempt within a test

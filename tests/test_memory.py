@@ -14,10 +14,10 @@ import psutil
 import pytest
 
 import resilientdb.testing.fake  # noqa: F401  (registers fake://)
+from harness.servers import PostgresServer
 from resilientdb import Backoff, ConfigurationError, Supervisor, events
 from resilientdb.memory import MemoryWatchdog, cgroup_memory_limit, read_memory
 from resilientdb.testing.fake import FakeBackend
-from tests.servers import PostgresServer
 
 FAST = Backoff(initial=0.005, maximum=0.02, jitter=0.0)
 WATCHDOG = "resilientdb-memory-watchdog"

@@ -12,6 +12,7 @@ import aiomysql
 import pytest
 from pymysql import err as myerr
 
+from harness.servers import SECURE_PASSWORD, SECURE_USER, MariaDBServer
 from resilientdb import (
     Backoff,
     DatabaseUnavailable,
@@ -23,7 +24,6 @@ from resilientdb import (
 from resilientdb.backends.mysql import MySQLBackend
 from resilientdb.config import parse_dsn, with_host
 from resilientdb.testing import FaultProxy
-from tests.servers import SECURE_PASSWORD, SECURE_USER, MariaDBServer
 
 APP_THREADS = "SELECT COUNT(*) FROM information_schema.processlist WHERE user = 'app'"
 SLOW_RUNNING = (

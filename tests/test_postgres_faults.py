@@ -10,6 +10,7 @@ from typing import Any
 import asyncpg
 import pytest
 
+from harness.servers import SECURE_PASSWORD, SECURE_USER, PostgresServer
 from resilientdb import (
     Backoff,
     DatabaseUnavailable,
@@ -20,7 +21,6 @@ from resilientdb import (
 )
 from resilientdb.config import parse_dsn, with_host
 from resilientdb.testing import FaultProxy
-from tests.servers import SECURE_PASSWORD, SECURE_USER, PostgresServer
 
 pytestmark = pytest.mark.slow
 

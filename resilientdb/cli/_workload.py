@@ -1,6 +1,6 @@
 """The demo's workload: reads, single-statement writes and transfers, each write with a
 client-generated unique id, so that afterwards the database can be reconciled with what the
-application was told (the same method as ``tests/ledger.py``).
+application was told (the same method as ``harness/ledger.py``).
 
 A :class:`Run` drives one :class:`Client` (resilientdb, or a raw driver) with paced workers
 and records every operation: when it started and ended, and how it ended. Nothing here

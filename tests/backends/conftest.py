@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.servers import MariaDBServer, PostgresServer
+from harness.servers import MariaDBServer, PostgresServer
 
 
 @dataclass

@@ -1,5 +1,5 @@
 """What the throwaway servers share: constants, helpers, the registry of live servers and
-the ``_Server`` base class. Import from ``tests.servers``, which re-exports the public names."""
+the ``_Server`` base class. Import from ``harness.servers``, which re-exports the public names."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The throwaway PostgreSQL server (see ``tests/servers.py``)."""
+"""The throwaway PostgreSQL server (see ``harness/servers.py``)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import psutil
 
-from tests._server_base import (
+from harness._server_base import (
     APP_DATABASE,
     APP_USER,
     SECURE_PASSWORD,

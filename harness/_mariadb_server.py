@@ -1,4 +1,4 @@
-"""The throwaway MariaDB server (see ``tests/servers.py``)."""
+"""The throwaway MariaDB server (see ``harness/servers.py``)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from tests._server_base import (
+from harness._server_base import (
     APP_DATABASE,
     APP_USER,
     SECURE_PASSWORD,
