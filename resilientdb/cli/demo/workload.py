@@ -19,8 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from .._database import Database
-from ..errors import DatabaseUnavailable, OutcomeUnknown, SupervisorClosed, TransactionLost
+from ..._database import Database
+from ...errors import DatabaseUnavailable, OutcomeUnknown, SupervisorClosed, TransactionLost
 
 __all__ = ["KINDS", "Client", "Dialect", "Op", "Run", "Schema", "SupervisedClient", "Written"]
 
