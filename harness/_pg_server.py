@@ -26,8 +26,8 @@ from harness._server_base import (
     _Server,
     _tail,
     find_binary,
-    wait_for,
 )
+from harness.polling import wait_for
 
 # --------------------------------------------------------------------------------------------
 # PostgreSQL
@@ -343,3 +343,12 @@ class PostgresServer(_Server):
         Raises :class:`ServerError` on any SQL error.
         """
         return self._psql(sql, database=database)
+
+    def kill_app_connections(self) -> int:
+        """Terminate every session of the ``app`` user from outside; how many there were."""
+        return int(
+            self.admin_query(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE usename = 'app'"
+            )
+        )

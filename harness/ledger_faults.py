@@ -31,7 +31,6 @@ DURATION = 20.0
 def server_faults(
     server: PostgresServer | MariaDBServer,
     proxy: FaultProxy,
-    kill: tuple[str, Callable[[], Awaitable[int]]],
     hot_rows: Callable[[], Awaitable[str]],
 ) -> list[Fault]:
     """The schedule for a network database: the proxy's faults, a restart, killed
@@ -51,12 +50,15 @@ def server_faults(
         await asyncio.to_thread(server.restart)
         return old, server.pid
 
+    async def kill() -> int:
+        return await asyncio.to_thread(server.kill_app_connections)
+
     return [
         (2.0, "proxy reset (connections)", reset),
         (3.0, "hot rows locked", hot_rows),
         (6.0, "blackhole", blackhole),
         (8.5, "server restart (old pid, new pid)", restart),
-        (12.0, kill[0], kill[1]),
+        (12.0, "killed connections", kill),
         (13.5, "hot rows locked again", hot_rows),
         (17.0, "proxy reset again (connections)", reset),
     ]
@@ -84,13 +86,6 @@ PG_APP_DEADLOCK_TIMEOUT = "100ms"
 
 
 def postgres_faults(pg: PostgresServer, proxy: FaultProxy) -> list[Fault]:
-    async def terminate() -> int:
-        out = await asyncio.to_thread(
-            pg.admin_query,
-            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE usename = 'app'",
-        )
-        return int(out)
-
     async def deadlocks() -> str:
         rounds = victim = 0
         end = time.monotonic() + PG_DEADLOCK_SECONDS
@@ -105,7 +100,7 @@ def postgres_faults(pg: PostgresServer, proxy: FaultProxy) -> list[Fault]:
         )
         return f"{rounds} rounds ({victim} lost by the locker); deadlocks so far: {total}"
 
-    return server_faults(pg, proxy, ("killed connections", terminate), deadlocks)
+    return server_faults(pg, proxy, deadlocks)
 
 
 # The app's MariaDB sessions wait 1 s for a row lock (innodb_lock_wait_timeout, set on every
@@ -128,19 +123,6 @@ async def short_lock_waits(conn: Any) -> None:
 
 
 def mysql_faults(server: MariaDBServer, proxy: FaultProxy) -> list[Fault]:
-    async def kill() -> int:
-        ids = await asyncio.to_thread(
-            server.admin_query, "SELECT id FROM information_schema.processlist WHERE user = 'app'"
-        )
-        killed = 0
-        for line in ids.split():
-            try:
-                await asyncio.to_thread(server.admin_query, f"KILL {int(line)}")
-                killed += 1
-            except Exception:  # it ended by itself meanwhile
-                pass
-        return killed
-
     async def hot_rows() -> str:
         # The locking session may itself be picked as a deadlock victim (1213) by an app
         # transaction holding one of the rows: then it tries again, a bounded number of times.
@@ -153,7 +135,7 @@ def mysql_faults(server: MariaDBServer, proxy: FaultProxy) -> list[Fault]:
                 lost += 1
         return f"accounts 0, 1 and marks hot-0, hot-1 held {MY_HOT_ROWS_HELD} s ({lost} lost)"
 
-    return server_faults(server, proxy, ("killed connections", kill), hot_rows)
+    return server_faults(server, proxy, hot_rows)
 
 
 @contextlib.asynccontextmanager

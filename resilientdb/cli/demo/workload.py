@@ -32,7 +32,8 @@ KINDS = ("read", "write", "transaction")
 
 @dataclass(frozen=True)
 class Dialect:
-    """What differs between backends: placeholders and the auto-increment column."""
+    """What differs between backends: placeholders and the auto-increment column (the dev
+    harness, ``harness/backends.py``, builds its fuller descriptions on these)."""
 
     name: str
     style: str  # "$" (asyncpg), "%s" (aiomysql) or "?" (sqlite3)
