@@ -45,8 +45,8 @@ from harness._server_base import (
     in_ci,
     port_is_free,
     require,
-    wait_for,
 )
+from harness.polling import wait_for
 
 __all__ = [
     "APP_DATABASE",

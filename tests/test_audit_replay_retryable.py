@@ -16,6 +16,7 @@ import asyncpg
 import pytest
 from pymysql import err as myerr
 
+from harness.polling import until_async
 from harness.servers import MariaDBServer, PostgresServer
 from resilientdb import OutcomeUnknown, Supervisor, events
 from tests.audit_support import (
@@ -29,7 +30,6 @@ from tests.audit_support import (
     pg_admin,
     pg_connect,
     prepare_hot_mysql,
-    until_async,
 )
 
 

@@ -24,6 +24,7 @@ import asyncpg
 import pytest
 from pymysql import err as myerr
 
+from harness.polling import until_async
 from harness.servers import MariaDBServer, PostgresServer
 from resilientdb import (
     DatabaseUnavailable,
@@ -45,7 +46,6 @@ from tests.audit_support import (
     outcome_of,
     pg_admin,
     settle_task,
-    until_async,
 )
 
 

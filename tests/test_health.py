@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 import resilientdb.testing.fake  # noqa: F401  (registers fake://)
+from harness.polling import until
 from harness.servers import SECURE_PASSWORD, SECURE_USER, PostgresServer
 from resilientdb import Backoff, ConfigurationError, State, Supervisor
 from resilientdb.health import HealthReport, HealthStatus
@@ -29,13 +30,6 @@ def make(dsn: Any = "fake://db", **options: Any) -> tuple[Supervisor, FakeBacken
     backend = sup.db._backend
     assert isinstance(backend, FakeBackend)
     return sup, backend
-
-
-async def until(predicate: Any, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.005)
 
 
 def check_of(report: HealthReport, key: str) -> dict[str, Any]:

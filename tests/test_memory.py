@@ -14,6 +14,7 @@ import psutil
 import pytest
 
 import resilientdb.testing.fake  # noqa: F401  (registers fake://)
+from harness.polling import until
 from harness.servers import PostgresServer
 from resilientdb import Backoff, ConfigurationError, Supervisor, events
 from resilientdb.memory import MemoryWatchdog, cgroup_memory_limit, read_memory
@@ -36,13 +37,6 @@ class Reader:
         if self.samples:
             self.last = self.samples.popleft()
         return self.last
-
-
-async def until(predicate: Any, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.005)
 
 
 def task_names() -> set[str]:

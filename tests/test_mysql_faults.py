@@ -12,6 +12,7 @@ import aiomysql
 import pytest
 from pymysql import err as myerr
 
+from harness.polling import until
 from harness.servers import SECURE_PASSWORD, SECURE_USER, MariaDBServer
 from resilientdb import (
     Backoff,
@@ -58,13 +59,6 @@ class Recorder:
 
     def states(self) -> list[str]:
         return [e.new.value for e in self.of(events.StateChanged)]
-
-
-async def until(predicate: Any, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.01)
 
 
 async def admin(server: MariaDBServer, sql: str, database: str | None = None) -> str:

@@ -10,6 +10,7 @@ from typing import Any
 import asyncpg
 import pytest
 
+from harness.polling import until
 from harness.servers import SECURE_PASSWORD, SECURE_USER, PostgresServer
 from resilientdb import (
     Backoff,
@@ -45,13 +46,6 @@ class Recorder:
 
     def states(self) -> list[str]:
         return [e.new.value for e in self.of(events.StateChanged)]
-
-
-async def until(predicate: Any, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.01)
 
 
 async def test_readers_ride_out_restart_and_reset(pg: PostgresServer, proxy: FaultProxy) -> None:
