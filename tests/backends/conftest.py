@@ -22,18 +22,6 @@ class Target:
     dsn: str
     kill_connections: Callable[[], Awaitable[int]]  # kill the app's connections, server side
 
-    @property
-    def name(self) -> str:
-        return self.dialect.name
-
-    @property
-    def serial(self) -> str:
-        return self.dialect.serial
-
-    def sql(self, text: str) -> str:
-        """``text`` with ``{1}``, ``{2}`` ... replaced by this backend's placeholders."""
-        return self.dialect.sql(text)
-
 
 def _server(dialect: Dialect, server: PostgresServer | MariaDBServer) -> Target:
     async def kill() -> int:
