@@ -28,6 +28,7 @@ from typing import Any
 import psutil
 
 from benchmarks._common import Settings, now, parser, quiet_logs, settings, write_json
+from harness.polling import until
 from resilientdb import Backoff, State, Supervisor
 from resilientdb.testing import Adapters
 
@@ -62,14 +63,6 @@ def _fake_supervisor(max_waiters: int) -> tuple[Any, Any]:
     return sup, adapters["default"]
 
 
-async def _until(predicate: Any, limit: float) -> None:
-    deadline = now() + limit
-    while not predicate():
-        if now() > deadline:
-            raise RuntimeError("condition not reached in time")
-        await asyncio.sleep(0.01)
-
-
 async def _gate_waiters(n: int, measure: Any) -> dict[str, Any]:
     """``n`` callers at the gate of a down backend: memory with them waiting, then release."""
     sup, backend = _fake_supervisor(n + 10)
@@ -79,7 +72,7 @@ async def _gate_waiters(n: int, measure: Any) -> dict[str, Any]:
         before = measure()
         backend.up = False
         callers = [asyncio.create_task(db.fetchval("SELECT 1")) for _ in range(n)]
-        await _until(lambda: db.statistics().waiting == n, 120)
+        await until(lambda: db.statistics().waiting == n, 120)
         waiting = measure()
         tasks_waiting = len(asyncio.all_tasks())
         backend.up = True

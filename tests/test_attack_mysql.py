@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from harness.servers import MariaDBServer
 from resilientdb import OutcomeUnknown, Supervisor, TransactionLost
 from tests.audit_support import (
     my_admin,
@@ -22,7 +23,6 @@ from tests.audit_support import (
     settle_task,
     until_async,
 )
-from tests.servers import MariaDBServer
 
 
 async def lock_wait_1s(raw: Any) -> None:

@@ -11,6 +11,7 @@ from typing import Any
 import asyncpg
 import pytest
 
+from harness.servers import PostgresServer
 from resilientdb import (
     OutcomeUnknown,
     Supervisor,
@@ -20,7 +21,6 @@ from resilientdb import (
 )
 from resilientdb.testing import FaultProxy
 from tests.audit_support import outcome_of, pg_admin, pg_connect, settle_task, via
-from tests.servers import PostgresServer
 
 
 @pytest.fixture

@@ -11,10 +11,15 @@ from typing import Any
 
 import pytest
 
+from harness.polling import until
+from harness.servers import MariaDBServer, PostgresServer
 from resilientdb import DatabaseUnavailable, Supervisor
 from resilientdb.testing import FaultProxy
-from tests.audit_support import outcome_of, settle_task, until, via
-from tests.servers import MariaDBServer, PostgresServer
+from tests.audit_support import (
+    outcome_of,
+    settle_task,
+    via,
+)
 
 NETWORK_BACKENDS = ["postgres", "mysql"]
 

@@ -18,6 +18,7 @@ from typing import Any
 import asyncpg
 import pytest
 
+from harness.servers import MariaDBServer, PostgresServer
 from resilientdb import (
     Backoff,
     DatabaseUnavailable,
@@ -43,7 +44,6 @@ from tests.audit_support import (
     prepare_hot_mysql,
     via,
 )
-from tests.servers import MariaDBServer, PostgresServer
 
 
 @pytest.fixture

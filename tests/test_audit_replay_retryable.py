@@ -16,6 +16,8 @@ import asyncpg
 import pytest
 from pymysql import err as myerr
 
+from harness.polling import until_async
+from harness.servers import MariaDBServer, PostgresServer
 from resilientdb import OutcomeUnknown, Supervisor, events
 from tests.audit_support import (
     chain,
@@ -28,9 +30,7 @@ from tests.audit_support import (
     pg_admin,
     pg_connect,
     prepare_hot_mysql,
-    until_async,
 )
-from tests.servers import MariaDBServer, PostgresServer
 
 
 async def lock_wait_1s(raw: Any) -> None:

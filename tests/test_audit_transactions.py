@@ -24,6 +24,8 @@ import asyncpg
 import pytest
 from pymysql import err as myerr
 
+from harness.polling import until_async
+from harness.servers import MariaDBServer, PostgresServer
 from resilientdb import (
     DatabaseUnavailable,
     OutcomeUnknown,
@@ -44,9 +46,7 @@ from tests.audit_support import (
     outcome_of,
     pg_admin,
     settle_task,
-    until_async,
 )
-from tests.servers import MariaDBServer, PostgresServer
 
 
 @pytest.fixture(params=["postgres", "mysql", "sqlite"])

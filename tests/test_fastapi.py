@@ -18,6 +18,7 @@ import uvicorn
 from fastapi import Depends, FastAPI
 
 import resilientdb.testing.fake  # noqa: F401  (registers fake://)
+from harness.servers import PostgresServer
 from resilientdb import Backoff, ConfigurationError, Database, State, Supervisor
 from resilientdb.integrations.fastapi import (
     HEALTH_JSON,
@@ -28,7 +29,6 @@ from resilientdb.integrations.fastapi import (
 )
 from resilientdb.testing.fake import FakeBackend
 from tests.handles import adapter, supervised
-from tests.servers import PostgresServer
 
 FAST = Backoff(initial=0.005, maximum=0.02, jitter=0.0)
 

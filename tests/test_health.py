@@ -12,11 +12,12 @@ from typing import Any
 import pytest
 
 import resilientdb.testing.fake  # noqa: F401  (registers fake://)
+from harness.polling import until
+from harness.servers import SECURE_PASSWORD, SECURE_USER, PostgresServer
 from resilientdb import Backoff, ConfigurationError, State, Supervisor
 from resilientdb.health import HealthReport, HealthStatus
 from resilientdb.testing.fake import FakeBackend
 from tests.handles import adapter, supervised
-from tests.servers import SECURE_PASSWORD, SECURE_USER, PostgresServer
 
 FAST = Backoff(initial=0.005, maximum=0.02, jitter=0.0)
 SLOW = Backoff(initial=30.0, maximum=30.0, jitter=0.0)  # no second attempt within a test
@@ -30,13 +31,6 @@ def make(dsn: Any = "fake://db", **options: Any) -> tuple[Supervisor, FakeBacken
     backend = adapter(sup)
     assert isinstance(backend, FakeBackend)
     return sup, backend
-
-
-async def until(predicate: Any, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.005)
 
 
 def check_of(report: HealthReport, key: str) -> dict[str, Any]:

@@ -6,10 +6,10 @@ import asyncio
 import socket
 import time
 
+from harness.servers import PostgresServer
 from resilientdb import State, Supervisor
 from resilientdb.config import parse_dsn, with_host
 from resilientdb.testing import FaultProxy
-from tests.servers import PostgresServer
 
 COUNT_APP = "SELECT count(*) FROM pg_stat_activity WHERE usename = 'app'"
 PIDS_APP = (

@@ -16,6 +16,8 @@ import psutil
 import pytest
 
 import resilientdb.testing.fake  # noqa: F401  (registers fake://)
+from harness.polling import until
+from harness.servers import PostgresServer
 from resilientdb import Backoff, ConfigurationError, Options, Supervisor, events
 from resilientdb._monitor import Monitor
 from resilientdb.config import parse_dsn
@@ -23,7 +25,6 @@ from resilientdb.events import EventBus
 from resilientdb.memory import MemoryWatchdog, cgroup_memory_limit, read_memory
 from resilientdb.testing.fake import FakeBackend
 from tests.handles import adapter, supervised
-from tests.servers import PostgresServer
 
 FAST = Backoff(initial=0.005, maximum=0.02, jitter=0.0)
 WATCHDOG = "resilientdb-memory-watchdog"
@@ -42,13 +43,6 @@ class Reader:
         if self.samples:
             self.last = self.samples.popleft()
         return self.last
-
-
-async def until(predicate: Any, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.005)
 
 
 @asynccontextmanager

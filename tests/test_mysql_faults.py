@@ -12,6 +12,8 @@ import aiomysql
 import pytest
 from pymysql import err as myerr
 
+from harness.polling import until
+from harness.servers import SECURE_PASSWORD, SECURE_USER, MariaDBServer
 from resilientdb import (
     Backoff,
     DatabaseUnavailable,
@@ -24,7 +26,6 @@ from resilientdb.backends.mysql import MySQLBackend
 from resilientdb.config import parse_dsn, with_host
 from resilientdb.testing import FaultProxy
 from tests.handles import adapter, supervised
-from tests.servers import SECURE_PASSWORD, SECURE_USER, MariaDBServer
 
 APP_THREADS = "SELECT COUNT(*) FROM information_schema.processlist WHERE user = 'app'"
 SLOW_RUNNING = (
@@ -59,13 +60,6 @@ class Recorder:
 
     def states(self) -> list[str]:
         return [e.new.value for e in self.of(events.StateChanged)]
-
-
-async def until(predicate: Any, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.01)
 
 
 async def admin(server: MariaDBServer, sql: str, database: str | None = None) -> str:

@@ -10,6 +10,8 @@ from typing import Any
 import asyncpg
 import pytest
 
+from harness.polling import until
+from harness.servers import SECURE_PASSWORD, SECURE_USER, PostgresServer
 from resilientdb import (
     Backoff,
     DatabaseUnavailable,
@@ -20,7 +22,6 @@ from resilientdb import (
 )
 from resilientdb.config import parse_dsn, with_host
 from resilientdb.testing import FaultProxy
-from tests.servers import SECURE_PASSWORD, SECURE_USER, PostgresServer
 
 pytestmark = pytest.mark.slow
 
@@ -45,13 +46,6 @@ class Recorder:
 
     def states(self) -> list[str]:
         return [e.new.value for e in self.of(events.StateChanged)]
-
-
-async def until(predicate: Any, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.01)
 
 
 async def test_readers_ride_out_restart_and_reset(pg: PostgresServer, proxy: FaultProxy) -> None:

@@ -10,12 +10,13 @@ import sqlite3
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, cast
 
 import pytest
 
+from harness.polling import until
 from resilientdb import ConfigurationError, DatabaseUnavailable, State, Supervisor, events
 from resilientdb.backends.sqlite import SQLiteBackend, SQLiteConnection, error_code
 from tests.handles import adapter, supervised
@@ -45,13 +46,6 @@ class Recorder:
 
     def of(self, kind: type[events.Event]) -> list[Any]:
         return [e for e in self.events if isinstance(e, kind)]
-
-
-async def until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.01)
 
 
 @pytest.fixture

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 import resilientdb.testing.fake  # noqa: F401  (registers fake://)
+from harness.polling import until
 from resilientdb import (
     Backoff,
     DatabaseUnavailable,
@@ -42,14 +43,6 @@ def make(**options: Any) -> tuple[Supervisor, FakeBackend]:
     backend = adapter(sup)
     assert isinstance(backend, FakeBackend)
     return sup, backend
-
-
-async def until(predicate: Any, timeout: float = 2.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.001)
 
 
 class Recorder:

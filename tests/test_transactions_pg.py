@@ -9,10 +9,10 @@ from typing import Any
 import asyncpg
 import pytest
 
+from harness.servers import PostgresServer
 from resilientdb import OutcomeUnknown, Supervisor, TransactionLost, TransactionRolledBack, events
 from resilientdb.config import parse_dsn, with_host
 from resilientdb.testing import FaultProxy
-from tests.servers import PostgresServer
 
 
 @pytest.fixture
