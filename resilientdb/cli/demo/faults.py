@@ -7,6 +7,9 @@ SQLite, in a temporary directory:
 - another OS process holding the write lock (``BEGIN IMMEDIATE``) for a while;
 - the database file moved away and back (a backup tool, a volume remount).
 
+PostgreSQL started by the demo (both runs share it): a restart, and every backend connection
+terminated (``pg_terminate_backend``).
+
 A network database, through a :class:`~resilientdb.testing.FaultProxy` per run:
 
 - every connection reset (TCP RST);
@@ -39,6 +42,8 @@ __all__ = [
     "NetworkPartition",
     "NetworkReset",
     "SQLiteTarget",
+    "ServerRestart",
+    "TerminateBackends",
 ]
 
 Clock = Callable[[], float]
@@ -235,3 +240,36 @@ class NetworkPartition:
             for proxy in self.proxies:
                 proxy.pass_through()
         return FaultRecord(self.name, start, clock(), "held bytes delivered on healing")
+
+
+class _Server(Protocol):
+    def restart(self, mode: str = "fast") -> None: ...
+
+    def terminate_connections(self, user: str = "app") -> int: ...
+
+
+@dataclass
+class ServerRestart:
+    """A real restart of the throwaway server both runs share (``pg_ctl restart -m fast``)."""
+
+    server: _Server
+    name: str = "server restart (pg_ctl restart -m fast)"
+
+    async def inject(self, clock: Clock) -> FaultRecord:
+        start = clock()
+        await asyncio.to_thread(self.server.restart, "fast")
+        return FaultRecord(self.name, start, clock(), "stopped, then accepting again")
+
+
+@dataclass
+class TerminateBackends:
+    """Every session of the application's role ended from inside the server, as an
+    administrator, a failover tool or an idle-session timeout does."""
+
+    server: _Server
+    name: str = "every backend connection terminated"
+
+    async def inject(self, clock: Clock) -> FaultRecord:
+        start = clock()
+        count = await asyncio.to_thread(self.server.terminate_connections)
+        return FaultRecord(self.name, start, clock(), f"pg_terminate_backend() x {count}")

@@ -77,10 +77,13 @@ class RawAiosqlite:
             self._forget_if_closed(worker, exc)
             raise
 
-    async def insert(self, worker: int, op_id: str) -> None:
+    async def upsert(self, worker: int, op_id: str) -> None:
+        await self.insert(worker, op_id, self.schema.upsert)
+
+    async def insert(self, worker: int, op_id: str, sql: str | None = None) -> None:
         conn = await self._conn(worker)
         try:
-            await conn.execute(self.schema.insert, (op_id,))
+            await conn.execute(sql or self.schema.insert, (op_id,))
         except Exception as exc:
             self._forget_if_closed(worker, exc)
             raise
@@ -143,6 +146,9 @@ class RawAsyncpg:
 
     async def read(self, worker: int, account: int) -> None:
         await self._pool.fetchval(self.schema.read, account, timeout=OP_TIMEOUT)
+
+    async def upsert(self, worker: int, op_id: str) -> None:
+        await self._pool.execute(self.schema.upsert, op_id, timeout=OP_TIMEOUT)
 
     async def insert(self, worker: int, op_id: str) -> None:
         await self._pool.execute(self.schema.insert, op_id, timeout=OP_TIMEOUT)
@@ -219,6 +225,9 @@ class RawAiomysql:
 
     async def read(self, worker: int, account: int) -> None:
         await self._execute(self.schema.read, (account,))
+
+    async def upsert(self, worker: int, op_id: str) -> None:
+        await self._execute(self.schema.upsert, (op_id,))
 
     async def insert(self, worker: int, op_id: str) -> None:
         await self._execute(self.schema.insert, (op_id,))

@@ -61,7 +61,7 @@ def tally(label: str, ops: Sequence[Op], written: Written, replays: int | None) 
 
     def applied(op: Op) -> int:
         assert op.op_id is not None
-        ids = written.singles if op.kind == "write" else written.journal
+        ids = {"write": written.singles, "upsert": written.marks}.get(op.kind, written.journal)
         return ids[op.op_id]
 
     writes = [op for op in ops if op.op_id is not None]

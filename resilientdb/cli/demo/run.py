@@ -2,166 +2,35 @@
 time, under the same real faults; a line per second, then a summary reconciled with what the
 database holds.
 
-Without ``--dsn`` everything is local: two SQLite files in a temporary directory (one per run),
-removed at the end. With ``--dsn`` (PostgreSQL or MySQL) each run talks to the server through
-its own :class:`~resilientdb.testing.FaultProxy`, in tables named ``resilientdb_demo_*`` that
-are dropped at the end. The figures are measured, never assumed: see ``report.py``.
+Without ``--dsn`` everything is local and removed at the end: a throwaway PostgreSQL (the
+default) or two SQLite files (``--backend sqlite``); see ``scenarios.py``. The figures are
+measured, never assumed: see ``report.py``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import importlib.util
-import os
-import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from contextlib import AsyncExitStack, suppress
-from dataclasses import dataclass, field
-from typing import Any
 
 from ... import events
 from ..._states import State
-from ..._supervisor import Supervisor
-from ...config import with_host
 from ...errors import ConfigurationError, DatabaseUnavailable
-from ...testing import FaultProxy
-from .._common import EXIT_BAD_INPUT, EXIT_FAIL, EXIT_OK, CLIError, one_line, parse_target, say
-from .faults import (
-    CloseUnderneath,
-    Fault,
-    FaultRecord,
-    HoldWriteLock,
-    MoveFileAway,
-    NetworkOutage,
-    NetworkPartition,
-    NetworkReset,
-    SQLiteTarget,
-)
-from .raw_clients import RawAiomysql, RawAiosqlite, RawAsyncpg
+from .._common import EXIT_BAD_INPUT, EXIT_FAIL, EXIT_OK, CLIError, one_line, say
+from .faults import FaultRecord
 from .report import render_faults, render_summary, tally
-from .workload import (
-    DIALECTS,
-    SQLITE,
-    Client,
-    Run,
-    Schema,
-    SupervisedClient,
-    raw_outcome,
-    supervised_outcome,
-)
+from .scenarios import Scenario, embedded_postgres, network, sqlite
+from .workload import Run, raw_outcome, supervised_outcome
 
 __all__ = ["demo"]
 
 WORKERS = 8
 RATE = 25.0  # operations per second per worker, offered
-BUSY_TIMEOUT = 1.0  # SQLite's busy timeout, the same for both runs
-PREFIX = "resilientdb_demo_"
 MAX_STORY = 12  # lines of supervisor events in the summary
 SETUP_TIMEOUT = 10.0  # for the database to accept the first connection
-
-
-@dataclass
-class Scenario:
-    """What one demo runs: the supervisor, both clients, the faults and their offsets."""
-
-    where: str
-    supervisor: Supervisor
-    supervised: SupervisedClient
-    raw: Client
-    raw_setup: str
-    faults: list[tuple[float, Fault]] = field(default_factory=list)
-    ready: bool = False  # both runs' tables exist (so there is something to drop)
-
-
-async def _sqlite(stack: AsyncExitStack, duration: float) -> Scenario:
-    tmp = tempfile.mkdtemp(prefix="resilientdb-demo-")
-    stack.callback(shutil.rmtree, tmp, True)
-    sup_path, raw_path = os.path.join(tmp, "resilientdb.db"), os.path.join(tmp, "raw.db")
-    opened: list[Any] = []
-
-    async def track(conn: Any) -> None:
-        opened.append(conn)  # the fault closes these underneath the supervisor
-
-    sup = Supervisor(f"sqlite:///{sup_path}?timeout={BUSY_TIMEOUT:g}", on_connect=track)
-    stack.push_async_callback(sup.aclose)
-    schema = Schema(SQLITE, PREFIX)
-    raw = RawAiosqlite(raw_path, schema, BUSY_TIMEOUT)
-    stack.push_async_callback(raw.aclose)
-    targets = [
-        SQLiteTarget("resilientdb", sup_path, lambda: opened),
-        SQLiteTarget("raw", raw_path, lambda: raw.opened),
-    ]
-    hold = min(max(duration * 0.125, 0.5), 2.5)
-    away = min(max(duration * 0.05, 0.3), 1.0)
-    return Scenario(
-        where=f"SQLite files in {tmp} (removed at the end)",
-        supervisor=sup,
-        supervised=SupervisedClient(sup.db, schema, lambda: sup.state.value),
-        raw=raw,
-        raw_setup="one connection per worker, reopened when found closed",
-        faults=[
-            (duration * 0.15, CloseUnderneath(targets)),
-            (duration * 0.35, HoldWriteLock(targets, round(hold, 1))),
-            (duration * 0.65, MoveFileAway(targets, round(away, 1))),
-        ],
-    )
-
-
-async def _network(stack: AsyncExitStack, dsn_text: str, duration: float) -> Scenario:
-    dsn = parse_target(dsn_text)
-    if dsn.backend == "sqlite":
-        raise CLIError("--dsn is for a network database; without it the demo uses SQLite", 2)
-    if dsn.host is None:
-        raise CLIError(f"{dsn}: the demo needs a TCP host to put its fault proxy in front of", 2)
-    port = dsn.port or (5432 if dsn.backend == "postgres" else 3306)
-    proxies = [FaultProxy(dsn.host, port), FaultProxy(dsn.host, port)]
-    for proxy in proxies:
-        await stack.enter_async_context(proxy)
-    sup_dsn = with_host(dsn, proxies[0].host, proxies[0].port)
-    sup = Supervisor(sup_dsn)
-    stack.push_async_callback(sup.aclose)
-    dialect = DIALECTS[dsn.backend]
-    raw: RawAsyncpg | RawAiomysql
-    if dsn.backend == "postgres":
-        raw = RawAsyncpg(
-            with_host(dsn, proxies[1].host, proxies[1].port), Schema(dialect, PREFIX + "raw_")
-        )
-        setup = "asyncpg.create_pool(max_size=10)"
-    else:
-        raw = RawAiomysql(dsn, proxies[1].host, proxies[1].port, Schema(dialect, PREFIX + "raw_"))
-        setup = "aiomysql.create_pool(maxsize=10, autocommit=True)"
-    stack.push_async_callback(raw.aclose)
-    supervised = SupervisedClient(sup.db, Schema(dialect, PREFIX + "rdb_"), lambda: sup.state.value)
-    labels = ["resilientdb", "raw"]
-    down = round(min(max(duration * 0.1, 0.5), 2.0), 1)
-    scenario = Scenario(
-        where=f"{dsn} through a FaultProxy per run; tables {PREFIX}* dropped at the end",
-        supervisor=sup,
-        supervised=supervised,
-        raw=raw,
-        raw_setup=setup,
-        faults=[
-            (duration * 0.15, NetworkReset(proxies, labels)),
-            (duration * 0.35, NetworkOutage(proxies, labels, down)),
-            (duration * 0.65, NetworkPartition(proxies, labels, down)),
-        ],
-    )
-    # Registered last, so it runs first on exit: while both clients are still open.
-    stack.push_async_callback(_drop_tables, scenario, supervised, raw)
-    return scenario
-
-
-async def _drop_tables(
-    scenario: Scenario, supervised: SupervisedClient, raw: RawAsyncpg | RawAiomysql
-) -> None:
-    if not scenario.ready:
-        return  # setup failed: the database may be unreachable, nothing to wait for
-    for drop in (supervised.drop, raw.drop):
-        with suppress(Exception):
-            await asyncio.wait_for(drop(), timeout=10)
 
 
 class Live:
@@ -223,7 +92,7 @@ async def _faults(scenario: Scenario, t0: float, records: list[FaultRecord]) -> 
         say(f"<< {record.end:5.1f}s {lifted}: {record.detail}")
 
 
-async def demo(*, duration: float, dsn: str | None, plot: str | None) -> int:
+async def demo(*, duration: float, dsn: str | None, plot: str | None, backend: str) -> int:
     """Run the demo; 0 when resilientdb lost no acknowledged write, else 1."""
     if plot is not None and importlib.util.find_spec("matplotlib") is None:
         say(
@@ -234,9 +103,12 @@ async def demo(*, duration: float, dsn: str | None, plot: str | None) -> int:
         plot = None
     async with AsyncExitStack() as stack:
         try:
-            scenario = await (
-                _sqlite(stack, duration) if dsn is None else _network(stack, dsn, duration)
-            )
+            if dsn is not None:
+                scenario: Scenario = await network(stack, dsn, duration)
+            elif backend == "sqlite":
+                scenario = await sqlite(stack, duration)
+            else:
+                scenario = await embedded_postgres(stack, duration)
         except ConfigurationError as exc:
             raise CLIError(str(exc), EXIT_BAD_INPUT) from None
         return await _play(scenario, duration, plot)

@@ -27,24 +27,31 @@ __all__ = ["KINDS", "Client", "Dialect", "Op", "Run", "Schema", "SupervisedClien
 ACCOUNTS = 20
 INITIAL_BALANCE = 1_000
 OP_TIMEOUT = 10.0  # bounds every call, so the run ends soon after its duration
-KINDS = ("read", "write", "transaction")
+KINDS = ("read", "upsert", "write", "transaction")
 
 
 @dataclass(frozen=True)
 class Dialect:
-    """What differs between backends: placeholders and the auto-increment column (the dev
-    harness, ``harness/backends.py``, builds its fuller descriptions on these)."""
+    """What differs between backends: placeholders, the auto-increment column and an insert
+    that does nothing when the key exists (the dev harness, ``harness/backends.py``, builds its
+    fuller descriptions on these)."""
 
     name: str
     style: str  # "$" (asyncpg), "%s" (aiomysql) or "?" (sqlite3)
     serial: str
+    ignore_duplicate: tuple[str, str] = ("INSERT INTO", "ON CONFLICT DO NOTHING")
 
     def p(self, n: int) -> str:
         return f"${n}" if self.style == "$" else self.style
 
 
 POSTGRES = Dialect("postgres", "$", "bigserial PRIMARY KEY")
-MYSQL = Dialect("mysql", "%s", "bigint AUTO_INCREMENT PRIMARY KEY")
+MYSQL = Dialect(
+    "mysql",
+    "%s",
+    "bigint AUTO_INCREMENT PRIMARY KEY",
+    ("INSERT INTO", "ON DUPLICATE KEY UPDATE op_id = op_id"),
+)
 SQLITE = Dialect("sqlite", "?", "integer PRIMARY KEY AUTOINCREMENT")
 DIALECTS = {"postgres": POSTGRES, "mysql": MYSQL, "sqlite": SQLITE}
 
@@ -61,12 +68,17 @@ class Schema:
     def tables(self) -> tuple[str, str, str]:
         return (f"{self.prefix}journal", f"{self.prefix}singles", f"{self.prefix}accounts")
 
+    @property
+    def marks(self) -> str:
+        """The idempotent writes' table: one row per id, whatever the number of attempts."""
+        return f"{self.prefix}marks"
+
     def ddl(self) -> list[str]:
         journal, singles, accounts = self.tables
         serial = self.dialect.serial
-        drops = [f"DROP TABLE IF EXISTS {t}" for t in self.tables]
         return [
-            *drops,
+            *self.drops(),
+            f"CREATE TABLE {self.marks} (op_id varchar(64) PRIMARY KEY)",
             f"CREATE TABLE {accounts} (id integer PRIMARY KEY, balance bigint NOT NULL)",
             # op_id deliberately not unique: a write applied twice shows as a duplicate.
             f"CREATE TABLE {journal} (seq {serial}, op_id varchar(64) NOT NULL, "
@@ -75,7 +87,7 @@ class Schema:
         ]
 
     def drops(self) -> list[str]:
-        return [f"DROP TABLE IF EXISTS {t}" for t in self.tables]
+        return [f"DROP TABLE IF EXISTS {t}" for t in (*self.tables, self.marks)]
 
     @property
     def seed(self) -> str:
@@ -89,6 +101,12 @@ class Schema:
     @property
     def insert(self) -> str:
         return f"INSERT INTO {self.tables[1]} (op_id) VALUES ({self.dialect.p(1)})"
+
+    @property
+    def upsert(self) -> str:
+        """An idempotent write: applying it twice leaves the same row."""
+        verb, tail = self.dialect.ignore_duplicate
+        return f"{verb} {self.marks} (op_id) VALUES ({self.dialect.p(1)}) {tail}".rstrip()
 
     @property
     def move(self) -> str:
@@ -120,6 +138,7 @@ class Written:
 
     singles: Counter[str]
     journal: Counter[str]
+    marks: Counter[str]
     balances: dict[int, int]
     transfers: list[tuple[int, int, int]]
 
@@ -132,6 +151,8 @@ class Client(Protocol):
     async def setup(self) -> None: ...
 
     async def read(self, worker: int, account: int) -> None: ...
+
+    async def upsert(self, worker: int, op_id: str) -> None: ...
 
     async def insert(self, worker: int, op_id: str) -> None: ...
 
@@ -150,9 +171,11 @@ async def read_written(fetch: Callable[[str], Any], schema: Schema) -> Written:
     singles_rows = await fetch(f"SELECT op_id FROM {singles}")
     journal_rows = await fetch(f"SELECT op_id, src, dst, amount FROM {journal}")
     balance_rows = await fetch(f"SELECT id, balance FROM {accounts}")
+    mark_rows = await fetch(f"SELECT op_id FROM {schema.marks}")
     return Written(
         singles=Counter(str(r[0]) for r in singles_rows),
         journal=Counter(str(r[0]) for r in journal_rows),
+        marks=Counter(str(r[0]) for r in mark_rows),
         balances={int(r[0]): int(r[1]) for r in balance_rows},
         transfers=[(int(r[1]), int(r[2]), int(r[3])) for r in journal_rows],
     )
@@ -175,6 +198,10 @@ class SupervisedClient:
 
     async def read(self, worker: int, account: int) -> None:
         await self.db.fetchval(self.schema.read, account, timeout=OP_TIMEOUT)
+
+    async def upsert(self, worker: int, op_id: str) -> None:
+        # Marked idempotent: replayed after a lost connection, whatever reached the server.
+        await self.db.execute(self.schema.upsert, op_id, idempotent=True, timeout=OP_TIMEOUT)
 
     async def insert(self, worker: int, op_id: str) -> None:
         # Not idempotent: a lost connection after sending raises OutcomeUnknown.
@@ -210,7 +237,7 @@ class SupervisedClient:
 class Op:
     """One operation as the application saw it; times in seconds since the run began."""
 
-    kind: str  # "read", "write", "transaction"
+    kind: str  # "read", "upsert", "write", "transaction"
     op_id: str | None
     start: float
     end: float
@@ -250,10 +277,13 @@ class Run:
         op_id: str | None = None
         start = self.now()
         try:
-            if roll < 0.5:
+            if roll < 0.4:
                 kind = "read"
                 await self.client.read(worker, rng.randrange(ACCOUNTS))
-            elif roll < 0.75:
+            elif roll < 0.55:
+                kind, op_id = "upsert", uuid.uuid4().hex
+                await self.client.upsert(worker, op_id)
+            elif roll < 0.775:
                 kind, op_id = "write", uuid.uuid4().hex
                 await self.client.insert(worker, op_id)
             else:
