@@ -7,7 +7,6 @@ stderr, never a traceback; a password never appears in anything printed.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import subprocess
@@ -18,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.servers import SECURE_PASSWORD, SECURE_USER, MariaDBServer, PostgresServer, free_port
+from harness.servers import SECURE_PASSWORD, SECURE_USER, PostgresServer, free_port
 
 CLI = [sys.executable, "-m", "resilientdb.cli"]
 WRONG_PASSWORD = "not-the-pw-42"
@@ -201,73 +200,3 @@ def test_watch_shows_an_unreachable_server_without_a_traceback() -> None:
     lines = proc.stdout.strip().splitlines()[1:]
     assert len(lines) == 2
     assert all(" fail " in line and "ConnectionRefusedError" in line for line in lines), lines
-
-
-# --- demo -------------------------------------------------------------------------------------
-
-
-def summary_row(stdout: str, name: str) -> list[str]:
-    """The cells of the summary row ``name`` (one per run: resilientdb, then the raw driver)."""
-    for line in stdout.splitlines():
-        if line.startswith(name + "  "):
-            return line[len(name) :].split()
-    raise AssertionError(f"no row {name!r} in:\n{stdout}")
-
-
-def check_demo_output(proc: subprocess.CompletedProcess[str]) -> None:
-    out = proc.stdout
-    assert proc.returncode == 0, out + proc.stderr
-    assert "Traceback" not in out + proc.stderr
-    assert re.search(r"^\s+1s \|", out, re.MULTILINE), "no live line"
-    assert out.count(">> ") == 3, "three faults injected"
-    assert summary_row(out, "writes lost")[0] == "0"
-    assert summary_row(out, "writes applied twice")[0] == "0"
-    assert summary_row(out, "balances consistent")[0] == "yes"
-    assert int(summary_row(out, "operations ok")[0].replace(",", "")) > 0
-    for name in ("replays (automatic, safe)", "errors seen by the app", "p50 latency"):
-        summary_row(out, name)
-    assert re.search(r"^fault\s+at\s+lifted\s+recovery\s+errors\s+recovery\s+errors", out, re.M)
-
-
-def test_demo_sqlite_short_run(tmp_path: Path) -> None:
-    plot = tmp_path / "timeline.png"
-    proc = run("demo", "--duration", "4", "--plot", str(plot), timeout=90)
-    check_demo_output(proc)
-    assert "raw aiosqlite" in proc.stdout
-    if importlib.util.find_spec("matplotlib") is None:
-        assert proc.stderr.strip() == (
-            "resilientdb demo: --plot needs matplotlib (pip install matplotlib); "
-            "running without a plot"
-        )
-        assert not plot.exists()
-    else:
-        assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-
-
-def test_demo_through_a_fault_proxy(pg: PostgresServer) -> None:
-    proc = run("demo", "--duration", "4", "--dsn", pg.dsn(), timeout=90)
-    check_demo_output(proc)
-    assert "raw asyncpg" in proc.stdout
-    # The demo drops its tables.
-    left = pg.admin_query(
-        "SELECT count(*) FROM pg_tables WHERE tablename LIKE 'resilientdb_demo%'", database="app"
-    )
-    assert left.strip() == "0"
-
-
-def test_demo_through_a_fault_proxy_on_mariadb(mariadb: MariaDBServer) -> None:
-    proc = run("demo", "--duration", "4", "--dsn", mariadb.dsn(), timeout=90)
-    check_demo_output(proc)
-    assert "raw aiomysql" in proc.stdout
-    assert proc.stderr == ""  # no driver warnings leak out
-    left = mariadb.admin_query(
-        "SELECT count(*) FROM information_schema.tables "
-        "WHERE table_schema = 'app' AND table_name LIKE 'resilientdb_demo%'"
-    )
-    assert left.strip() == "0"
-
-
-def test_demo_rejects_a_sqlite_dsn() -> None:
-    proc = run("demo", "--dsn", "sqlite:///x.db")
-    assert proc.returncode == 2
-    assert "network database" in one_line_error(proc)

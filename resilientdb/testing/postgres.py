@@ -98,6 +98,9 @@ class TemporaryPostgres:
                 user=None if user is None else user.pw_uid,
                 group=None if user is None else user.pw_gid,
                 extra_groups=None if user is None else [],
+                # Its own session: a terminal's Ctrl-C reaches the program, which stops the
+                # server in order, instead of the postmaster shutting down on its own.
+                start_new_session=True,
             )
         except subprocess.TimeoutExpired:
             raise PostgresError(f"{Path(args[0]).name} timed out after {timeout:g}s") from None

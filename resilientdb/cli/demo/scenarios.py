@@ -141,7 +141,8 @@ async def _reachable(host: str, port: int) -> None:
     except TimeoutError:
         raise CLIError(f"cannot connect to {host}:{port}: no answer within 5s") from None
     except OSError as exc:
-        reason = exc.strerror or type(exc).__name__
+        # asyncio's own strerror ("Connect call failed (...)") hides the errno's words.
+        reason = os.strerror(exc.errno) if exc.errno else (exc.strerror or type(exc).__name__)
         raise CLIError(f"cannot connect to {host}:{port}: {reason.lower()}") from None
     writer.close()
     with suppress(OSError):
