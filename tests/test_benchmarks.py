@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from harness.servers import MariaDBServer, PostgresServer, require
+from harness.servers import MariaDBServer, require, require_postgres
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -64,7 +64,7 @@ def _rendered(out: Path, heading: str) -> str:
 
 
 def test_overhead_quick(out: Path) -> None:
-    require(PostgresServer.BINARIES, "PostgreSQL")
+    require_postgres()
     require(MariaDBServer.BINARIES, "MariaDB")
     data = _run(out, "overhead")
     for backend in ("postgres", "mariadb", "sqlite"):
@@ -87,7 +87,7 @@ def test_overhead_quick(out: Path) -> None:
 
 
 def test_outages_quick(out: Path) -> None:
-    require(PostgresServer.BINARIES, "PostgreSQL")
+    require_postgres()
     data = _run(out, "outages")
     assert set(data["scenarios"]) == {"restart", "blackhole", "reset"}
     for scenario in data["scenarios"].values():
@@ -102,7 +102,7 @@ def test_outages_quick(out: Path) -> None:
 
 
 def test_storm_quick(out: Path) -> None:
-    require(PostgresServer.BINARIES, "PostgreSQL")
+    require_postgres()
     data = _run(out, "storm")
     for shape in ("callers", "fleet"):
         for r in data["shapes"][shape].values():
