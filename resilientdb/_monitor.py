@@ -74,6 +74,7 @@ class Monitor:
         self.state_since = time.monotonic()
         self.time_in_state: dict[State, float] = dict.fromkeys(State, 0.0)
         self._down_since: float | None = None
+        self._failing_since: float | None = None  # the failed call or probe that began a check
         self._ever_connected = False
         self._next_delay = 0.0
         self._suspect = False
@@ -174,11 +175,13 @@ class Monitor:
 
     def _request_check(self) -> None:
         if self._checked is None and self._wakeup is not None:
+            self._failing_since = time.monotonic()
             self._checked = asyncio.get_running_loop().create_future()
             self._suspect = True
             self._wakeup.set()
 
     def _end_check(self) -> None:
+        self._failing_since = None
         checked, self._checked = self._checked, None
         if checked is not None and not checked.done():
             checked.set_result(None)
@@ -258,10 +261,11 @@ class Monitor:
         self.time_in_state[old] += now - self.state_since
         self.state_since = now
         self.gate.state = new
+        if new is State.RECONNECTING and self._down_since is None:
+            # Downtime counts from the first failed call or probe, not from the verdict.
+            self._down_since = min(now, self._failing_since or now)
         if new is not State.CONNECTED:
             self._end_check()  # the verdict is in: callers go back to the gate
-        if new is State.RECONNECTING and self._down_since is None:
-            self._down_since = now
         if new is not old:
             self.bus.emit(StateChanged(backend=self.name, old=old, new=new))
 
@@ -396,6 +400,7 @@ class Monitor:
                             delay=self._next_delay,
                             downtime=self.downtime,
                             cause=describe(exc),
+                            initial=not self._ever_connected,
                         )
                     )
         else:

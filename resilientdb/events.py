@@ -75,25 +75,31 @@ class Disconnected(Event):
 
 @dataclass(frozen=True, kw_only=True)
 class Reconnecting(Event):
-    """A reconnect attempt failed; the next comes after ``delay`` seconds."""
+    """A reconnect attempt failed; the next comes after ``delay`` seconds. ``initial`` is
+    true while the backend has never been connected (the first connection, not a reconnect)."""
 
     attempt: int
     delay: float
     downtime: float
     cause: str
+    initial: bool = False
 
     level = logging.WARNING
 
     def message(self) -> str:
+        what = "connection" if self.initial else "reconnect"
         return (
-            f"backend {self.backend!r} reconnect attempt {self.attempt} failed after "
+            f"backend {self.backend!r} {what} attempt {self.attempt} failed after "
             f"{self.downtime:.2f}s down, next in {self.delay:.2f}s: {self.cause}"
         )
 
 
 @dataclass(frozen=True, kw_only=True)
 class Reconnected(Event):
-    """The backend is connected again after ``downtime`` seconds and ``attempts`` probes."""
+    """The backend is connected again after ``downtime`` seconds and ``attempts`` probes.
+
+    ``downtime`` counts from the first failed call or probe that began the outage (not from
+    the moment the probe's verdict came in) until the connection was back."""
 
     attempts: int
     downtime: float
@@ -101,7 +107,7 @@ class Reconnected(Event):
     def message(self) -> str:
         return (
             f"backend {self.backend!r} reconnected after {self.downtime:.2f}s "
-            f"({self.attempts} attempts)"
+            f"({_attempts(self.attempts)})"
         )
 
 
@@ -121,7 +127,7 @@ class ReconnectFailed(Event):
 
     def message(self) -> str:
         why = "permanent error" if self.permanent else "gave up"
-        return f"backend {self.backend!r} failed ({why}, {self.attempts} attempts): {self.cause}"
+        return f"backend {self.backend!r} failed ({why}, {_attempts(self.attempts)}): {self.cause}"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -257,3 +263,7 @@ async def _call(handler: Handler, event: Event) -> None:
     except Exception:
         # A broken handler must never disturb the supervisor or the other handlers.
         logger.exception("event handler %r failed on %s", handler, type(event).__name__)
+
+
+def _attempts(n: int) -> str:
+    return "1 attempt" if n == 1 else f"{n} attempts"

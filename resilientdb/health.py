@@ -243,7 +243,10 @@ async def check_backend(engine: Leases, timeout: float | None = None) -> Backend
     if state is not State.CONNECTED:
         why = {
             State.CONNECTING: "connecting for the first time",
-            State.RECONNECTING: f"reconnecting ({monitor.attempts} attempts failed so far)",
+            State.RECONNECTING: (
+                f"reconnecting ({monitor.attempts} attempt{'' if monitor.attempts == 1 else 's'} "
+                "failed so far)"
+            ),
             State.FAILED: "failed; probing slowly",
             State.CLOSED: "closed",
         }[state]

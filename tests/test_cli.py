@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -124,11 +126,35 @@ def test_bad_arguments_exit_2() -> None:
     assert "Traceback" not in proc.stderr
 
 
-def test_no_command_prints_help() -> None:
+def test_no_command_prints_help_and_exits_2() -> None:
     proc = run()
-    assert proc.returncode == 0
+    assert proc.returncode == 2  # a missing argument, as argparse's own usage errors
+    assert proc.stdout == ""
     for command in ("demo", "check", "wait", "watch"):
-        assert command in proc.stdout
+        assert command in proc.stderr
+
+
+def test_check_json_into_a_closed_pipe_says_nothing(tmp_path: Path) -> None:
+    db = tmp_path / "x.db"
+    sqlite3.connect(db).close()
+    # `| true`: the reader is gone before the report is written.
+    proc = subprocess.run(
+        f"{shlex.join(CLI)} check --json sqlite:///{db} | true",
+        shell=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.stderr == ""
+
+
+def test_wait_verbose_prints_each_attempt_once() -> None:
+    proc = run("wait", "-v", unused_dsn(), "--timeout", "1")
+    assert proc.returncode == 1
+    lines = [x for x in proc.stderr.splitlines() if " attempt 1 " in x]
+    assert len(lines) == 1, proc.stderr
+    assert "connection attempt 1 failed" in lines[0]  # not a "reconnect": never connected
 
 
 # --- wait -------------------------------------------------------------------------------------

@@ -436,3 +436,20 @@ async def test_failed_probes_ramp_up_to_the_slow_interval() -> None:
         assert backend.opens - early <= 3  # ...then no more often than every 0.4 s
         backend.permanent = False
         await sup.wait_until_connected(timeout=1)
+
+
+async def test_downtime_counts_from_the_first_failed_call() -> None:
+    # The check's probe hangs 0.3 s before failing (a server gone quiet): the outage began
+    # when the call failed, not when the probe's verdict came in.
+    sup, backend = make()
+    rec = Recorder(sup)
+    async with sup:
+        backend.connect_delay = 0.3
+        backend.fail_next(FakeConnectionLost("closed in the middle"), sent=True)
+        backend.connect_outcomes.append(ConnectionRefusedError("down"))
+        started = time.monotonic()
+        assert await sup.db.fetch("SELECT * FROM t") == [1]
+        elapsed = time.monotonic() - started
+        await asyncio.sleep(0.01)
+    [back] = rec.of(events.Reconnected)
+    assert 0.58 <= back.downtime <= elapsed + 0.01

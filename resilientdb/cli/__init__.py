@@ -3,7 +3,7 @@
 ::
 
     resilientdb demo [--backend postgres|sqlite] [--duration 20] [--dsn DSN] [--plot FILE.png]
-    resilientdb check DSN [--json] [--timeout 5]      exit 0 pass, 1 fail, 2 bad input
+    resilientdb check DSN [--json] [--timeout 5]      exit 0 pass, 1 warn or fail, 2 bad input
     resilientdb wait DSN [--timeout 60]                exit 0 ready, 1 timed out, 2 bad input
     resilientdb watch DSN [--interval 1] [--count N]   a line per second until Ctrl-C
 
@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import math
+import os
 import sys
 from collections.abc import Coroutine
 from typing import Any, NoReturn
@@ -105,7 +106,7 @@ def _parser() -> argparse.ArgumentParser:
     check = sub.add_parser(
         "check",
         parents=[common],
-        help="one health check: exit 0 pass, 1 fail, 2 bad input",
+        help="one health check: exit 0 pass, 1 warn or fail, 2 bad input",
         description="Connect, run SELECT 1, report. A SQLite file is opened mode=rw: a check "
         "never creates a database.",
     )
@@ -160,9 +161,9 @@ def main(argv: list[str] | None = None) -> int:
             # refuses (an unencoded '#' in the password) is never parsed to register it later.
             register_dsn(arg)
     args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help()
-        return EXIT_OK
+    if args.command is None:  # a usage error, as for any other missing argument
+        parser.print_help(sys.stderr)
+        return EXIT_BAD_INPUT
     configure_logging(args.verbose)
     name = f"resilientdb {args.command}"
     try:
@@ -170,6 +171,11 @@ def main(argv: list[str] | None = None) -> int:
     except CLIError as exc:
         say(f"{name}: {exc}", sys.stderr)
         return exc.status
+    except BrokenPipeError:
+        # The reader went away (`resilientdb check --json | head`): nothing to report to, and
+        # no "Exception ignored" when the interpreter flushes stdout on exit either.
+        _silence_stdout()
+        return EXIT_FAIL
     except KeyboardInterrupt:
         # Ctrl-C is how `watch` is meant to end; for the others it is an interruption.
         return EXIT_OK if args.command == "watch" else EXIT_INTERRUPTED
@@ -178,3 +184,11 @@ def main(argv: list[str] | None = None) -> int:
             raise
         say(f"{name}: unexpected error: {one_line(exc)} (--debug shows where)", sys.stderr)
         return EXIT_FAIL
+
+
+def _silence_stdout() -> None:
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass

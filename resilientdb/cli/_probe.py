@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
 import time
 from typing import Any
 
@@ -17,7 +16,6 @@ from .. import Supervisor
 from .._statistics import BackendStatistics
 from ..config import DSN
 from ..errors import ConfigurationError, DatabaseUnavailable
-from ..events import Reconnecting
 from ..health import BackendHealth, HealthReport, HealthStatus
 from ._common import (
     EXIT_BAD_INPUT,
@@ -87,11 +85,9 @@ async def wait(dsn_text: str, *, timeout: float, verbose: bool) -> int:
     # The supervisor's own backoff (50 ms doubling to 1 s); errors that look permanent are
     # probed every second instead of every 5 s: a container's database is often still starting.
     sup = _supervisor(dsn, connect_timeout=max(min(timeout, 5.0), 0.1), failed_probe_interval=1.0)
-    if verbose:
-        sup.on(
-            Reconnecting,
-            lambda e: say(f"waiting for {dsn}: attempt {e.attempt}: {e.cause}", sys.stderr),
-        )
+    # -v shows the supervisor's own log lines: one per failed attempt ("connection attempt
+    # N failed ..."), so nothing is added here (that printed every attempt twice).
+    del verbose
     try:
         async with asyncio.timeout(timeout + 15):  # start() and close() have their own bounds
             await sup.start()
