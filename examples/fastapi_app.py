@@ -64,6 +64,18 @@ async def app_lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
 
 
+# Every route that touches the database may answer 503 (DatabaseUnavailable below): part of the
+# contract, so it is in the OpenAPI schema, with its Retry-After header.
+UNAVAILABLE: dict[int | str, dict[str, Any]] = {
+    503: {
+        "description": "The database is unavailable; nothing was applied: retry after the "
+        "Retry-After delay.",
+        "headers": {
+            "Retry-After": {"description": "seconds to wait", "schema": {"type": "integer"}}
+        },
+    }
+}
+
 app = FastAPI(title="notes (resilientdb example)", lifespan=app_lifespan)
 app.include_router(health_router())  # GET /health/live and /health/ready
 
@@ -80,13 +92,13 @@ class NoteIn(BaseModel):
     text: str
 
 
-@app.get("/notes")
+@app.get("/notes", responses=UNAVAILABLE)
 async def list_notes(db: DB) -> list[dict[str, Any]]:
     rows = await db.fetch("SELECT id, body FROM notes ORDER BY id")  # replayed if need be
     return [dict(row) for row in rows]
 
 
-@app.get("/notes/{note_id}")
+@app.get("/notes/{note_id}", responses=UNAVAILABLE)
 async def get_note(note_id: str, db: DB) -> dict[str, Any]:
     row = await db.fetchrow(sql("SELECT id, body FROM notes WHERE id = $1"), note_id)
     if row is None:
@@ -94,7 +106,7 @@ async def get_note(note_id: str, db: DB) -> dict[str, Any]:
     return dict(row)
 
 
-@app.post("/notes", status_code=201)
+@app.post("/notes", status_code=201, responses=UNAVAILABLE)
 async def create_note(note: NoteIn, db: DB) -> dict[str, Any]:
     note_id = uuid.uuid4().hex  # generated here, so the outcome can be checked
     try:

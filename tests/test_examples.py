@@ -87,6 +87,12 @@ def test_fastapi_app_answers(notes_app: str) -> None:
     status = httpx.get(f"{notes_app}/status", timeout=10).json()
     assert status["state"] == "connected"
 
+    # The 503 with Retry-After is part of the contract: the OpenAPI schema says so.
+    schema = httpx.get(f"{notes_app}/openapi.json", timeout=10).json()
+    for path, method in [("/notes", "get"), ("/notes", "post"), ("/notes/{note_id}", "get")]:
+        unavailable = schema["paths"][path][method]["responses"]["503"]
+        assert "Retry-After" in unavailable["headers"], (path, method)
+
 
 def run_worker(dsn: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
