@@ -143,8 +143,8 @@ class Engine(Leases):
         self.monitor.count_outcome_unknown()
         raise OutcomeUnknown(
             f"backend {self.name!r}: the statement text left a transaction open; resilientdb "
-            f"rolled it back, but what ran before the transaction opened may have been "
-            f"committed ({advice})"
+            f"sent ROLLBACK for it (a prepared XA transaction outlives that: see XA RECOVER), "
+            f"but what ran before the transaction opened may have been committed ({advice})"
         )
 
     # -- deciding after a failure ----------------------------------------------------------

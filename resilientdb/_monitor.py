@@ -153,6 +153,8 @@ class Monitor:
         self._stopping = True
         task, self._task = self._task, None
         await finish(task)
+        if self._first_attempt is not None:
+            self._first_attempt.set()  # a start() still waiting for it returns now
         await self._signal(Signal.CLOSE)
 
     # -- reports from callers (synchronous: the state flips before the caller awaits) ------

@@ -37,7 +37,15 @@ from dataclasses import dataclass
 from ._builtins import HARMLESS, NEVER, NOT_CALLS
 from ._sql import CLOSE, COMMA, LITERAL, OPEN, OPERATOR, PUNCT, WORD, Statement, Token, readings
 
-__all__ = ["Verdict", "is_commit", "is_read_only", "may_replay", "opens_first", "verdict"]
+__all__ = [
+    "Verdict",
+    "begins_with_commit",
+    "is_commit",
+    "is_read_only",
+    "may_replay",
+    "opens_first",
+    "verdict",
+]
 
 _READ_ONLY_STARTS = frozenset({"SELECT", "SHOW", "VALUES", "TABLE", "WITH"})
 _EXPLAIN_STARTS = frozenset({"EXPLAIN", "DESCRIBE", "DESC"})
@@ -208,26 +216,32 @@ def opens_first(sql: str, family: str) -> bool:
     for reading in readings(sql, family):
         if reading.unsafe or not reading.statements:
             return False
-        first, *rest = reading.statements
-        if first.leading not in ("BEGIN", "START", "SET"):
+        first = _effective(reading.statements[0], family)
+        rest = [_effective(st, family) for st in reading.statements[1:]]
+        if first is None or first.leading not in ("BEGIN", "START", "SET"):
             return False
         if first.leading == "SET" and not _ends_transaction(first, family):
             return False
-        if any(_effective(st, family) is None or _ends_transaction(st, family) for st in rest):
-            return False
-        if family != "mysql" and any(st.leading in ("BEGIN", "START") for st in rest):
-            return False
+        for st in rest:
+            if st is None or _ends_transaction(st, family):
+                return False
+            if family != "mysql" and st.leading in ("BEGIN", "START"):
+                return False
     return True
 
 
 def is_commit(sql: str, family: str) -> bool:
     """``sql`` is one COMMIT (or PostgreSQL's END): the statement whose answer says whether
     the transaction committed."""
-    v = verdict(sql, family)
-    if not v.single:
-        return False
+    return verdict(sql, family).single and begins_with_commit(sql, family)
+
+
+def begins_with_commit(sql: str, family: str) -> bool:
+    """``sql`` starts with COMMIT (or PostgreSQL's END) in some reading: in a PostgreSQL
+    transaction that has failed, that COMMIT is answered ROLLBACK whatever follows it."""
     return any(
-        r.statements and r.statements[0].leading in ("COMMIT", "END") for r in readings(sql, family)
+        bool(r.statements) and r.statements[0].leading in ("COMMIT", "END")
+        for r in readings(sql, family)
     )
 
 
@@ -237,9 +251,12 @@ def _ends_transaction(st: Statement, family: str) -> bool:
         return True
     if family == "mysql":
         if lead == "SET":
-            # SET autocommit commits when it turns it on; SET PASSWORD commits implicitly.
+            # SET autocommit commits when it turns it on; SET PASSWORD and SET DEFAULT ROLE
+            # (account management) commit implicitly.
             second = st.word_after(1)
-            return second == "PASSWORD" or any(t == (WORD, "AUTOCOMMIT") for t in st.tokens)
+            if second == "PASSWORD" or (second, st.word_after(2)) == ("DEFAULT", "ROLE"):
+                return True
+            return any(t == (WORD, "AUTOCOMMIT") for t in st.tokens)
         if lead == "ROLLBACK":
             return not _rolls_back_to_savepoint(st)
         return lead not in _MYSQL_KEEPS_TRANSACTION
