@@ -45,6 +45,7 @@ __all__ = [
     "is_read_only",
     "may_replay",
     "opens_first",
+    "reads_after_opening",
     "verdict",
 ]
 
@@ -185,6 +186,20 @@ def opens_first(sql: str, family: str) -> bool:
             if st is None or ends_transaction(st, family):
                 return False
             if family != "mysql" and st.leading in ("BEGIN", "START"):
+                return False
+    return True
+
+
+def reads_after_opening(sql: str, family: str) -> bool:
+    """Every statement after the first is a plain read (no function whose volatility would
+    need the catalog): a text that opened a transaction and only read in it lost nothing when
+    that transaction is rolled back."""
+    for reading in readings(sql, family):
+        if reading.unsafe:
+            return False
+        for whole in reading.statements[1:]:
+            st = effective(whole, family)
+            if st is None or not _statement_is_read_only(st, family) or _calls(st, family) != set():
                 return False
     return True
 
