@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import importlib
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from types import TracebackType
 from typing import Any, TypeVar
@@ -12,6 +11,7 @@ from . import metrics
 from ._database import Database
 from ._monitor import Monitor
 from ._states import SEVERITY, State
+from .backends import registry
 from .backends.base import Backend
 from .config import DSN, BackendConfig, Options, resolve_backend, supervisor_options
 from .errors import ConfigurationError, DatabaseUnavailable, SupervisorClosed
@@ -229,7 +229,4 @@ def _backend_specs(
 
 
 def _load_adapter(dsn: DSN, options: Options) -> Backend:
-    module_name, _, cls_name = dsn.driver.adapter.partition(":")
-    module = importlib.import_module(module_name)
-    backend: Backend = getattr(module, cls_name)(dsn, options)
-    return backend
+    return registry.create(dsn, options)

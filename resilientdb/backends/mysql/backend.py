@@ -35,29 +35,33 @@ driver untouched, in PyMySQL's ``%s`` paramstyle, arguments as a tuple; with no 
 tag), ``executemany`` the total. Rows are ``resilientdb._row.Row``. Driver internals used:
 ``Connection._connect``, ``_reader``, ``_writer`` (as aiomysql's own pool does).
 
-The connection wrapper is in ``_mysql_connection.py``, the pool in ``_mysql_pool.py``;
-this module keeps the error table and the ``MySQLBackend`` facade over the two.
+The connection wrapper is in ``connection.py``, the pool in ``pool.py``, the error table in
+``errors.py``, the checks on the DSN and ``connect_kwargs`` in ``settings.py``; this module
+keeps the ``MySQLBackend`` facade over them.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ssl
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any, cast
 
 from pymysql import err as myerr
 
-from .._redact import register_secret
-from ..config import DSN, Options
-from ._mysql_connection import MySQLConnection, driver_kwargs, quit_raw
-from ._mysql_pool import Pool
-from .base import BackendFacts, Connection, ErrorKind, PoolStats, with_closed_flag
+from ..._redact import register_dsn_secrets
+from ..base import BackendFacts, Connection, ErrorKind, PoolStats
+from .connection import MySQLConnection, quit_raw
+from .errors import ER_CANT_EXECUTE_IN_READ_ONLY_TRANSACTION, ERRORS, errno
+from .pool import MySQLPool
+from .settings import driver_kwargs
 
-__all__ = ["CODE_KINDS", "MySQLBackend", "MySQLConnection", "classify_error"]
+if TYPE_CHECKING:
+    from ..._dsn import DSN
+    from ...config import Options
 
-C, R, P, Q = ErrorKind.CONNECTION, ErrorKind.RETRYABLE, ErrorKind.PERMANENT, ErrorKind.QUERY
+__all__ = ["MySQLBackend"]
+
 FACTS = BackendFacts(
     "mysql",
     # PyMySQL runs a batch as separate statements (or a multi-row INSERT), each committing
@@ -66,93 +70,6 @@ FACTS = BackendFacts(
     readonly_guard=("START TRANSACTION READ ONLY", "ROLLBACK"),
     status_statement="DO 0",  # its OK packet carries SERVER_STATUS_IN_TRANS
 )
-ER_CANT_EXECUTE_IN_READ_ONLY_TRANSACTION = 1792
-ER_NET_PACKET_TOO_LARGE = 1153
-
-# Error number (server ER_* or client CR_*) -> kind. Codes not listed are QUERY (syntax 1064,
-# duplicate key 1062, unknown table 1146, KILL QUERY 1317, statement timeouts 1969/3024...).
-CODE_KINDS: Mapping[int, ErrorKind] = {
-    2003: C,  # CR_CONN_HOST_ERROR: can't connect; aiomysql wraps every OSError of connect in it
-    2006: C,  # CR_SERVER_GONE_ERROR: never raised by aiomysql, kept for PyMySQL-style callers
-    2013: C,  # CR_SERVER_LOST: EOF or socket error while reading (KILL, crash, shutdown, reset)
-    2014: C,  # CR_COMMANDS_OUT_OF_SYNC: the protocol stream is out of step; nothing sane follows
-    2055: C,  # CR_SERVER_LOST_EXTENDED: as 2013 (never raised by aiomysql)
-    1040: C,  # ER_CON_COUNT_ERROR: too many connections; transient, someone will disconnect
-    1203: C,  # ER_TOO_MANY_USER_CONNECTIONS: per-user max_user_connections; transient
-    1226: C,  # ER_USER_LIMIT_REACHED: max_connections_per_hour and friends; passes with time
-    1053: C,  # ER_SERVER_SHUTDOWN: the server is shutting down
-    1077: C,  # ER_NORMAL_SHUTDOWN
-    1078: C,  # ER_GOT_SIGNAL: the server got a signal and is going down
-    1080: C,  # ER_FORCING_CLOSE: the server closes this thread while shutting down
-    1152: C,  # ER_ABORTING_CONNECTION: the server aborted this connection
-    1927: C,  # ER_CONNECTION_KILLED (MariaDB): KILL of this connection (also seen as 2013)
-    4031: C,  # ER_CLIENT_INTERACTION_TIMEOUT (MySQL 8.0.24+): closed for inactivity
-    1213: R,  # ER_LOCK_DEADLOCK: the transaction (or the lone statement) was rolled back
-    # ER_CHECKREAD ("Record has changed since last read"; innodb_snapshot_isolation): InnoDB
-    # rolled the whole transaction back, as for a deadlock.
-    1020: R,
-    # ER_LOCK_WAIT_TIMEOUT: InnoDB rolls back the statement only (innodb_rollback_on_timeout
-    # is off by default). A single autocommit statement is therefore safe to replay; inside
-    # a transaction the transaction layer re-runs the whole transaction.
-    1205: R,
-    1045: P,  # ER_ACCESS_DENIED_ERROR: wrong user or password
-    1044: P,  # ER_DBACCESS_DENIED_ERROR: no grant on the database (also: it does not exist)
-    1049: P,  # ER_BAD_DB_ERROR: unknown database
-    1129: P,  # ER_HOST_IS_BLOCKED: needs FLUSH HOSTS by an administrator
-    1130: P,  # ER_HOST_NOT_PRIVILEGED: this host may not connect at all
-    1251: P,  # ER_NOT_SUPPORTED_AUTH_MODE: the client cannot do the server's auth plugin
-    2059: P,  # CR_AUTH_PLUGIN_CANNOT_LOAD: PyMySQL lacks the plugin the account uses
-}
-
-# Client-side errors without an error number, by message. All mean the connection is gone.
-_CONNECTION_MESSAGES = (
-    "Not connected",  # _ensure_alive (and the wrapper's pre-write check): nothing was written
-    "Cancelled during execution",  # _ensure_alive after a cancel closed the connection
-    "Already closed",  # ping(reconnect=False) on a closed connection: nothing was written
-    "pool is closed",  # the adapter's own pool after close(): nothing was written
-    "Packet sequence number wrong",  # InternalError: stream out of step; aiomysql closed it
-)
-# Of those, the ones raised by checks that run before anything is written: safe to replay.
-_UNSENT_MESSAGES = _CONNECTION_MESSAGES[:4]
-_PRIORITY = {Q: 0, R: 1, C: 2, P: 3}
-
-
-def _errno(exc: BaseException) -> int | None:
-    first = exc.args[0] if exc.args else None
-    return first if isinstance(first, int) and not isinstance(first, bool) and first else None
-
-
-def classify_error(exc: BaseException) -> ErrorKind:
-    """The kind of ``exc`` from its error number, type and message, over its ``__cause__`` chain.
-
-    The strongest kind found wins (PERMANENT > CONNECTION > RETRYABLE > QUERY): aiomysql wraps
-    every connect failure in 2003, a failed certificate check included.
-    """
-    seen: set[int] = set()
-    best = Q
-    cur: BaseException | None = exc
-    while cur is not None and id(cur) not in seen:
-        seen.add(id(cur))
-        kind = _classify_one(cur)
-        if _PRIORITY[kind] > _PRIORITY[best]:
-            best = kind
-        cur = cur.__cause__
-    return best
-
-
-def _classify_one(exc: BaseException) -> ErrorKind:
-    if isinstance(exc, myerr.MySQLError):
-        code = _errno(exc)
-        if code is not None:
-            return CODE_KINDS.get(code, Q)
-        text = str(exc)
-        return C if any(m in text for m in _CONNECTION_MESSAGES) else Q
-    if isinstance(exc, ssl.SSLCertVerificationError):
-        return P  # the server's certificate fails verification: the same next time
-    if isinstance(exc, OSError | TimeoutError | EOFError):
-        # Raw socket errors, timeouts and IncompleteReadError; ConnectPaused is one too.
-        return C
-    return Q
 
 
 class MySQLBackend:
@@ -160,14 +77,14 @@ class MySQLBackend:
 
     facts = FACTS
 
-    def __init__(self, dsn: DSN, options: Options) -> None:
+    def __init__(self, dsn: DSN, options: Options, kwargs: dict[str, Any] | None = None) -> None:
+        """``kwargs``: aiomysql's connect arguments, validated by the registry's spec
+        (``settings.driver_kwargs``); computed from ``dsn`` and ``options`` when not given."""
         self.dsn = dsn
         self.options = options
-        register_secret(dsn.password)
-        pw = options.connect_kwargs.get("password")
-        register_secret(pw if isinstance(pw, str) else None)
-        self._kwargs = driver_kwargs(dsn, options)
-        self._pool = Pool(self._kwargs, options)
+        register_dsn_secrets(dsn, options)
+        self._kwargs = driver_kwargs(dsn, options) if kwargs is None else kwargs
+        self._pool = MySQLPool(self._kwargs, options)
 
     @property
     def opened(self) -> bool:
@@ -183,7 +100,7 @@ class MySQLBackend:
         # Without SESSION or GLOBAL it applies to the next transaction only.
         return (f"SET TRANSACTION ISOLATION LEVEL {isolation}", start)
 
-    # -- connections and the pool (in _mysql_pool.py) ----------------------------------------
+    # -- connections and the pool (in pool.py) ------------------------------------------------
 
     async def open(self) -> None:
         if self._pool.opened:
@@ -232,26 +149,13 @@ class MySQLBackend:
     # -- errors -------------------------------------------------------------------------------
 
     def classify(self, exc: BaseException, conn: Connection | None = None) -> ErrorKind:
-        if _errno(exc) == ER_NET_PACKET_TOO_LARGE:
-            # The statement is larger than the server's max_allowed_packet: refused before it
-            # ran, and the server hung up. The caller's error, no outage.
-            return Q
-        return with_closed_flag(classify_error(exc), conn, exc)
+        return ERRORS.classify(exc, conn)
 
     def classify_connect(self, exc: BaseException) -> ErrorKind:
-        kind = classify_error(exc)
-        if kind is R:
-            return C
-        # Anything else failing at connect (a grant, a broken on_connect hook) fails the
-        # same way next time: permanent, probed slowly.
-        return kind if kind is C else P
+        return ERRORS.classify_connect(exc)
 
     def unsent(self, exc: BaseException) -> bool:
-        return (
-            isinstance(exc, myerr.Error)
-            and _errno(exc) is None
-            and any(m in str(exc) for m in _UNSENT_MESSAGES)
-        )
+        return ERRORS.unsent(exc)
 
     def stats(self) -> PoolStats:
         return self._pool.stats()
@@ -265,12 +169,12 @@ class MySQLBackend:
 
     def write_refused(self, exc: BaseException) -> bool:
         return isinstance(exc, myerr.MySQLError) and (
-            _errno(exc) == ER_CANT_EXECUTE_IN_READ_ONLY_TRANSACTION
+            errno(exc) == ER_CANT_EXECUTE_IN_READ_ONLY_TRANSACTION
         )
 
 
 if TYPE_CHECKING:
-    from .base import Backend
+    from ..base import Backend
 
     def _conforms(backend: MySQLBackend) -> Backend:
         return backend  # mypy checks the adapter against the Backend protocol here
