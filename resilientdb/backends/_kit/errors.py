@@ -11,10 +11,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import ClassVar
 
 from ..base import Connection, ErrorKind, PoolClosed, with_closed_flag
 
-__all__ = ["ErrorTable"]
+__all__ = ["Classifies", "ErrorTable"]
 
 C, R, P, Q = ErrorKind.CONNECTION, ErrorKind.RETRYABLE, ErrorKind.PERMANENT, ErrorKind.QUERY
 _PRIORITY = {Q: 0, R: 1, C: 2, P: 3}
@@ -72,3 +73,18 @@ class ErrorTable:
     def unsent(self, exc: BaseException) -> bool:
         """``Backend.unsent``."""
         return isinstance(exc, PoolClosed) or self.unsent_one(exc)
+
+
+class Classifies:
+    """The ``Backend`` protocol's error calls, answered from the adapter's ``errors`` table."""
+
+    errors: ClassVar[ErrorTable]
+
+    def classify(self, exc: BaseException, conn: Connection | None = None) -> ErrorKind:
+        return self.errors.classify(exc, conn)
+
+    def classify_connect(self, exc: BaseException) -> ErrorKind:
+        return self.errors.classify_connect(exc)
+
+    def unsent(self, exc: BaseException) -> bool:
+        return self.errors.unsent(exc)

@@ -50,7 +50,8 @@ from typing import TYPE_CHECKING, Any, cast
 from pymysql import err as myerr
 
 from ..._redact import register_dsn_secrets
-from ..base import BackendFacts, Connection, ErrorKind, PoolStats
+from .._kit.errors import Classifies
+from ..base import BackendFacts, Connection, PoolStats
 from .connection import MySQLConnection, quit_raw
 from .errors import ER_CANT_EXECUTE_IN_READ_ONLY_TRANSACTION, ERRORS, errno
 from .pool import MySQLPool
@@ -72,10 +73,11 @@ FACTS = BackendFacts(
 )
 
 
-class MySQLBackend:
+class MySQLBackend(Classifies):
     """A small aiomysql pool plus MySQL's and MariaDB's error semantics."""
 
     facts = FACTS
+    errors = ERRORS
 
     def __init__(self, dsn: DSN, options: Options, kwargs: dict[str, Any] | None = None) -> None:
         """``kwargs``: aiomysql's connect arguments, validated by the registry's spec
@@ -147,15 +149,6 @@ class MySQLBackend:
             cast(MySQLConnection, conn).raw.close()
 
     # -- errors -------------------------------------------------------------------------------
-
-    def classify(self, exc: BaseException, conn: Connection | None = None) -> ErrorKind:
-        return ERRORS.classify(exc, conn)
-
-    def classify_connect(self, exc: BaseException) -> ErrorKind:
-        return ERRORS.classify_connect(exc)
-
-    def unsent(self, exc: BaseException) -> bool:
-        return ERRORS.unsent(exc)
 
     def stats(self) -> PoolStats:
         return self._pool.stats()

@@ -28,6 +28,7 @@ import asyncpg
 from asyncpg import exceptions as pgexc
 
 from ..._redact import register_dsn_secrets
+from .._kit.errors import Classifies
 from .._kit.pool import CLOSE_TIMEOUT, ConnectGate, expiry, keepalive, ping_bound
 from .._kit.sockets import tune_transport
 from .._kit.wheel import TimeoutWheel
@@ -35,7 +36,6 @@ from ..base import (
     Backend,
     BackendFacts,
     Connection,
-    ErrorKind,
     Maintains,
     PoolClosed,
     PoolStats,
@@ -71,10 +71,11 @@ _VOLATILE_OPERATORS = (
 )
 
 
-class PostgresBackend:
+class PostgresBackend(Classifies):
     """asyncpg pool plus PostgreSQL's error semantics."""
 
     facts = FACTS
+    errors = ERRORS
 
     def __init__(self, dsn: DSN, options: Options) -> None:
         self.dsn = dsn
@@ -194,15 +195,6 @@ class PostgresBackend:
         # terminate() closes the socket now; the pool replaces the connection when released.
         with contextlib.suppress(Exception):
             cast("asyncpg.Connection[asyncpg.Record]", conn).terminate()
-
-    def classify(self, exc: BaseException, conn: Connection | None = None) -> ErrorKind:
-        return ERRORS.classify(exc, conn)
-
-    def classify_connect(self, exc: BaseException) -> ErrorKind:
-        return ERRORS.classify_connect(exc)
-
-    def unsent(self, exc: BaseException) -> bool:
-        return ERRORS.unsent(exc)
 
     async def trim_idle(self) -> int:
         """Close idle connections beyond ``min_size`` (for the memory watchdog); how many.

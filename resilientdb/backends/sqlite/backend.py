@@ -55,7 +55,8 @@ from typing import TYPE_CHECKING, Any, cast
 
 import aiosqlite
 
-from ..base import BackendFacts, Connection, ErrorKind, PoolStats
+from .._kit.errors import Classifies
+from ..base import BackendFacts, Connection, PoolStats
 from .errors import ERRORS
 from .lease import SQLiteLease
 from .pool import SQLitePool
@@ -72,7 +73,7 @@ __all__ = ["SQLiteBackend"]
 FACTS = BackendFacts("sqlite", atomic_batch=True, readonly_guard=None)
 
 
-class SQLiteBackend:
+class SQLiteBackend(Classifies):
     """An aiosqlite pool plus SQLite's error semantics (module docstring).
 
     ``acquire()`` gives a :class:`SQLiteLease`. DSN options: ``mode`` (``rwc``, ``rw``,
@@ -83,6 +84,7 @@ class SQLiteBackend:
     """
 
     facts = FACTS
+    errors = ERRORS
 
     def __init__(self, dsn: DSN, options: Options, prepared: SQLiteSettings | None = None) -> None:
         """``prepared``: the settings validated by the registry's spec (``settings.py``);
@@ -149,17 +151,6 @@ class SQLiteBackend:
         held = cast(SQLiteLease, conn).held
         if held is not None and not self.memory:
             held.discarded = True
-
-    def classify(self, exc: BaseException, conn: Connection | None = None) -> ErrorKind:
-        return ERRORS.classify(exc, conn)
-
-    def classify_connect(self, exc: BaseException) -> ErrorKind:
-        # A lock held while switching to WAL, a slow open: try again. A missing file, not a
-        # database, a broken on_connect hook: probed slowly.
-        return ERRORS.classify_connect(exc)
-
-    def unsent(self, exc: BaseException) -> bool:
-        return ERRORS.unsent(exc)
 
     def in_transaction(self, conn: Connection) -> bool:
         return cast(SQLiteLease, conn).in_transaction
