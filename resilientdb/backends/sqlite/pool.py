@@ -37,7 +37,7 @@ __all__ = ["SQLitePool"]
 logger = logging.getLogger("resilientdb")
 
 
-class SQLitePool(PoolCore["SQLiteConnection | None"]):
+class SQLitePool(PoolCore[SQLiteConnection | None]):
     """Connections to one database file (or the one ``:memory:`` connection) and their leases.
 
     A waiter is handed a connection, or ``None``: "there is room now: open one, or look again".
