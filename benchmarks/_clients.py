@@ -19,6 +19,9 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from harness import backends
+from harness.backends import Dialect
+
 CONNECT_TIMEOUT = 2.0
 ACQUIRE_TIMEOUT = 5.0
 COMMAND_TIMEOUT = 1.0
@@ -42,25 +45,18 @@ class Sql:
     rows: str
     insert: str
 
+    @classmethod
+    def of(cls, dialect: Dialect) -> Sql:
+        """The benchmarks' statements on ``dialect``'s backend (``harness/backends.py``)."""
+        insert = dialect.sql("INSERT INTO bench_writes (id, tag) VALUES ({1}, {2})")
+        return cls("SELECT 1", dialect.hundred_rows, insert)
 
-PG = Sql(
-    "SELECT 1",
-    "SELECT g, 'row ' || g FROM generate_series(1, 100) g",
-    "INSERT INTO bench_writes (id, tag) VALUES ($1, $2)",
-)
+
+PG = Sql.of(backends.POSTGRES)
 PG_FORMAT = Sql(PG.scalar, PG.rows, "INSERT INTO bench_writes (id, tag) VALUES (%s, %s)")
 PG_NAMED = Sql(PG.scalar, PG.rows, "INSERT INTO bench_writes (id, tag) VALUES (:id, :tag)")
-MYSQL = Sql(
-    "SELECT 1",
-    "SELECT seq, CONCAT('row ', seq) FROM seq_1_to_100",
-    "INSERT INTO bench_writes (id, tag) VALUES (%s, %s)",
-)
-SQLITE = Sql(
-    "SELECT 1",
-    "WITH RECURSIVE g(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM g WHERE x < 100) "
-    "SELECT x, 'row ' || x FROM g",
-    "INSERT INTO bench_writes (id, tag) VALUES (?, ?)",
-)
+MYSQL = Sql.of(backends.MYSQL)
+SQLITE = Sql.of(backends.SQLITE)
 
 
 # A write that is safe to run twice, for the caller that marks it idempotent=True: the id is

@@ -12,7 +12,7 @@ import time
 
 import asyncpg
 
-from tests.servers import MariaDBServer, PostgresServer
+from harness.servers import MariaDBServer, PostgresServer
 
 _pg: PostgresServer | None = None
 _maria: MariaDBServer | None = None

@@ -1,10 +1,10 @@
 """The large ledger run: many workers move money while faults fire on a schedule, then the
-database is reconciled against what every client saw (see tests/ledger.py for the rules).
+database is reconciled against what every client saw (see harness/ledger.py for the rules).
 
 ``python -m benchmarks.ledger [--duration 120] [--workers 32] [--backends postgres,mysql,sqlite]``
 runs it on each backend in turn, each with its own throwaway server (SQLite: a temp file) and
-the fault schedule of tests/test_ledger.py repeated every 20 s. Every kind of operation of
-tests/ledger.py runs where the backend has it: transfers, single inserts, executemany batches
+the fault schedule of harness/ledger_faults.py repeated every 20 s. Every kind of operation of
+harness/ledger.py runs where the backend has it: transfers, single inserts, executemany batches
 of INSERTs and of UPDATEs, multi-statement texts, DDL inside transactions (MariaDB), and
 transactions whose callable catches an error and carries on. Prints the reconciliation
 tables (one row per kind, plus the hot rows the faults lock) and writes
@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks._common import write_json
-from tests.ledger import MYSQL, POSTGRES, Fault
-from tests.servers import MariaDBServer, PostgresServer
-from tests.test_ledger import mysql_faults, postgres_faults, run_sqlite, run_through_proxy
+from harness.ledger import MYSQL, POSTGRES, Fault
+from harness.ledger_faults import mysql_faults, postgres_faults, run_sqlite, run_through_proxy
+from harness.servers import MariaDBServer, PostgresServer
 
 
 def repeated(faults: list[Fault], period: float, duration: float) -> list[Fault]:

@@ -28,7 +28,9 @@ from typing import Any
 import psutil
 
 from benchmarks._common import Settings, now, parser, quiet_logs, settings, write_json
+from harness.polling import until
 from resilientdb import Backoff, State, Supervisor
+from resilientdb.testing import Adapters
 
 MB = 1024 * 1024
 GROWTH_LIMIT_MB = 5.0
@@ -44,38 +46,33 @@ def _traced() -> int:
     return tracemalloc.get_traced_memory()[0]
 
 
-def _fake_supervisor(max_waiters: int) -> Any:
+def _fake_supervisor(max_waiters: int) -> tuple[Any, Any]:
+    """A supervisor of the fake backend, and that backend."""
     import resilientdb.testing.fake  # noqa: F401  (registers fake://)
 
-    return Supervisor(
+    adapters = Adapters()
+    sup = Supervisor(
         "fake://db",
+        backend_factory=adapters,
         max_waiters=max_waiters,
         gate_timeout=300,
         memory_watchdog=False,
         # A failed check counts as the first attempt: the next probe waits `initial`.
         backoff=Backoff(initial=0.001, maximum=0.2),
     )
-
-
-async def _until(predicate: Any, limit: float) -> None:
-    deadline = now() + limit
-    while not predicate():
-        if now() > deadline:
-            raise RuntimeError("condition not reached in time")
-        await asyncio.sleep(0.01)
+    return sup, adapters["default"]
 
 
 async def _gate_waiters(n: int, measure: Any) -> dict[str, Any]:
     """``n`` callers at the gate of a down backend: memory with them waiting, then release."""
-    sup = _fake_supervisor(n + 10)
+    sup, backend = _fake_supervisor(n + 10)
     async with sup:
         db = sup.db
-        backend = db._backend
         tasks_before = len(asyncio.all_tasks())
         before = measure()
         backend.up = False
         callers = [asyncio.create_task(db.fetchval("SELECT 1")) for _ in range(n)]
-        await _until(lambda: db._gate.waiting == n, 120)
+        await until(lambda: db.statistics().waiting == n, 120)
         waiting = measure()
         tasks_waiting = len(asyncio.all_tasks())
         backend.up = True
@@ -135,14 +132,12 @@ async def waiters(n: int) -> dict[str, Any]:
     }
 
 
-async def _cycles(sup: Any, count: int) -> int:
+async def _cycles(sup: Any, backend: Any, count: int) -> int:
     """``count`` reconnect cycles; returns how many did not end in a fresh generation."""
     db = sup.db
-    backend = db._backend
-    monitor = db._monitor
     missed = 0
     for _ in range(count):
-        generation = monitor.generation
+        generation = db.statistics().generation
         backend.up = False
         caller = asyncio.create_task(db.fetchval("SELECT 1"))
         # The caller's acquire fails and it reports the loss; the monitor's check finds the
@@ -154,28 +149,28 @@ async def _cycles(sup: Any, count: int) -> int:
         backend.up = True
         async with asyncio.timeout(10):
             await caller  # it went through the gate: the backend is connected again
-        if monitor.generation == generation:
+        if db.statistics().generation == generation:
             missed += 1
         backend.executed.clear()
     return missed
 
 
 async def soak(cycles: int, warm: int, trace: bool) -> dict[str, Any]:
-    sup = _fake_supervisor(100)
+    sup, backend = _fake_supervisor(100)
     async with sup:
         tasks_before = len(asyncio.all_tasks())
         started = now()
-        missed = await _cycles(sup, warm)
+        missed = await _cycles(sup, backend, warm)
         if trace:
             tracemalloc.start(10)
         snap_warm = tracemalloc.take_snapshot() if trace else None
         at_warm = _traced() if trace else _rss()
-        missed += await _cycles(sup, cycles - warm)
+        missed += await _cycles(sup, backend, cycles - warm)
         at_end = _traced() if trace else _rss()
         snap_end = tracemalloc.take_snapshot() if trace else None
         elapsed = now() - started
         tasks_after = len(asyncio.all_tasks())
-        reconnects = sup.db._monitor.reconnects
+        reconnects = sup.db.statistics().reconnects
     top: list[str] = []
     if snap_warm is not None and snap_end is not None:
         tracemalloc.stop()

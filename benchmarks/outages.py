@@ -38,9 +38,9 @@ from benchmarks import _servers
 from benchmarks._clients import PG, TIMEOUTS, AsyncpgPool, PsycopgPool, ResilientDB
 from benchmarks._clients import SQLAlchemyEngine as SAEngine
 from benchmarks._common import Settings, now, parser, quiet_logs, settings, write_json
+from harness.servers import PostgresServer
 from resilientdb.config import parse_dsn, with_host
 from resilientdb.testing import FaultProxy
-from tests.servers import PostgresServer
 
 POOL_SIZE = 8
 WORKERS = 16

@@ -134,11 +134,15 @@ async def gate_cost(calls: int, rounds: int) -> dict[str, Any]:
     """Nanoseconds (wall and CPU) per call, three ways, on the fake backend (no I/O)."""
     import resilientdb.testing.fake as fake
     from resilientdb import Supervisor
+    from resilientdb.testing import Adapters
 
-    sup = Supervisor("fake://db", min_size=1, max_size=1, memory_watchdog=False)
+    adapters = Adapters()
+    sup = Supervisor(
+        "fake://db", min_size=1, max_size=1, memory_watchdog=False, backend_factory=adapters
+    )
     async with sup:
         db = sup.db
-        backend = db._backend
+        backend = adapters["default"]
         assert isinstance(backend, fake.FakeBackend)
         conn = fake.FakeConnection(backend, backend.generation)
 

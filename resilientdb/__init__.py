@@ -10,6 +10,7 @@ from ._backoff import Backoff
 from ._database import Database
 from ._row import Row
 from ._states import State
+from ._statistics import BackendStatistics
 from ._supervisor import Supervisor
 from .config import BackendConfig, Options
 from .errors import (
@@ -30,6 +31,7 @@ __version__ = "0.1.0"
 __all__ = [
     "BackendConfig",
     "BackendHealth",
+    "BackendStatistics",
     "Backoff",
     "ConfigurationError",
     "Database",

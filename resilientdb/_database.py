@@ -8,18 +8,16 @@ does); other tasks are unaffected.
 
 from __future__ import annotations
 
-import asyncio
-import contextvars
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, TypeVar
 
 from . import _tx_block
 from ._engine import Engine, deadline_after
-from ._monitor import Monitor
 from ._states import State
+from ._statistics import BackendStatistics
 from ._transaction import Transaction
-from .backends.base import ErrorKind
+from .config import Options
 from .health import HealthReport
 from .health import check as check_health
 
@@ -38,33 +36,29 @@ class Database:
     untouched, in its own paramstyle.
     """
 
-    __slots__ = ("_backend", "_engine", "_gate", "_monitor", "_options", "_tx_var", "name")
+    __slots__ = ("_engine", "name")
 
-    def __init__(self, monitor: Monitor) -> None:
-        self._monitor = monitor
-        self._gate = monitor.gate
-        self._backend = monitor.backend
-        self._options = monitor.options
-        self._engine = Engine(monitor)
-        self.name = monitor.name
-        # The transaction a task has open on this backend (see the module docstring).
-        self._tx_var: contextvars.ContextVar[tuple[asyncio.Task[Any] | None, Transaction] | None]
-        self._tx_var = contextvars.ContextVar(f"resilientdb-tx-{monitor.name}", default=None)
-
-    def _joined_transaction(self) -> Transaction | None:
-        """The transaction the current task has open on this backend, if any."""
-        joined = self._tx_var.get()
-        if joined is None or joined[0] is not asyncio.current_task():
-            return None
-        return joined[1]
+    def __init__(self, engine: Engine) -> None:
+        # Built by the Supervisor, which owns the monitor and the engine; this is the face.
+        self._engine = engine
+        self.name = engine.name
 
     def __repr__(self) -> str:
-        return f"<Database {self.name!r} {self._backend.dsn} {self.state.value}>"
+        return f"<Database {self.name!r} {self._engine.backend.dsn} {self.state.value}>"
 
     @property
     def state(self) -> State:
         """This backend's state."""
-        return self._gate.state
+        return self._engine.gate.state
+
+    @property
+    def options(self) -> Options:
+        """This backend's options, merged and validated (frozen)."""
+        return self._engine.options
+
+    def statistics(self) -> BackendStatistics:
+        """This backend's figures now (pool, gate, counters), as a frozen object; no I/O."""
+        return self._engine.monitor.statistics()
 
     # -- queries ------------------------------------------------------------------------------
 
@@ -122,30 +116,12 @@ class Database:
         reported to the supervisor (which checks the server) and re-raised unchanged. Inside
         this task's open transaction it is the transaction's connection.
         """
-        joined = self._joined_transaction()
+        joined = self._engine.joined()
         if joined is not None:
             yield joined.connection
             return
-        engine = self._engine
-        cm, conn, generation = await engine.checkout(deadline_after(timeout))
-        try:
-            yield self._backend.raw(conn)
-        except BaseException as exc:
-            lost = isinstance(exc, Exception) and (
-                self._backend.classify(exc, conn) is ErrorKind.CONNECTION
-            )
-            if lost:
-                self._monitor.report_lost(generation, exc, "acquire")
-            if lost or not isinstance(exc, Exception):
-                # Lost, or cancelled mid-use: its state is unknown. Closed now, given back in
-                # the background: the caller never waits on the network to leave.
-                self._backend.discard(conn)
-                self._monitor.release_later(cm.__aexit__(type(exc), exc, exc.__traceback__))
-            else:
-                await cm.__aexit__(type(exc), exc, exc.__traceback__)
-            raise
-        else:
-            await cm.__aexit__(None, None, None)
+        async with self._engine.lease(deadline_after(timeout)) as conn:
+            yield conn
 
     def transaction(
         self,
@@ -164,7 +140,9 @@ class Database:
         transaction; ``timeout`` bounds getting a connection. ``tx.transaction()`` nests a
         savepoint.
         """
-        return _tx_block.transaction(self, isolation=isolation, readonly=readonly, timeout=timeout)
+        return _tx_block.transaction(
+            self._engine, isolation=isolation, readonly=readonly, timeout=timeout
+        )
 
     async def run_in_transaction(
         self,
@@ -185,7 +163,7 @@ class Database:
         database (emails, queues) out of it.
         """
         return await _tx_block.run_in_transaction(
-            self,
+            self._engine,
             fn,
             args,
             retries=retries,
@@ -207,10 +185,9 @@ class Database:
         column: int = 0,
         batch: bool = False,
     ) -> Any:
-        joined = self._tx_var.get()
-        if joined is not None and joined[0] is asyncio.current_task():
+        tx = self._engine.joined()
+        if tx is not None:
             # Inside this task's transaction: run there, never replayed.
-            tx = joined[1]
             if column:
                 return await tx.fetchval(query, *args, column=column, timeout=timeout)
             return await getattr(tx, op)(query, *args, timeout=timeout)
@@ -219,4 +196,4 @@ class Database:
     async def health(self, timeout: float | None = None) -> HealthReport:
         """This backend's :class:`HealthReport` (see ``Supervisor.health``); never raises for
         a database problem, never takes longer than ``timeout`` (default ``health_timeout``)."""
-        return await check_health([self._monitor], timeout)
+        return await check_health([self._engine], timeout)

@@ -33,9 +33,10 @@ from typing import Any
 
 from ._catalog import operators_harmless
 from ._leases import Attempts, Leases, deadline_after
-from ._replay import Verdict, verdict
+from ._replay import Verdict, opens_first, verdict
 from ._states import State
 from .backends.base import Connection, ErrorKind
+from .errors import OutcomeUnknown, TransactionRolledBack
 
 __all__ = ["Engine", "deadline_after"]
 
@@ -58,14 +59,14 @@ class Engine(Leases):
         batch: bool = False,
     ) -> Any:
         """Run ``op`` (a Connection method) with the replay rules; see the module docstring."""
-        opts, gate, backend = self._options, self._gate, self._backend
+        opts, gate, backend = self.options, self.gate, self.backend
         deadline = None if timeout is None else deadline_after(timeout)
         tried: Attempts | None = None
         guard = False  # the next attempt runs read-only (a replay judged by its text)
         while True:
             if gate.state is not _CONNECTED:
                 await self.pass_gate(deadline, tried)
-            generation = self._monitor.generation
+            generation = self.monitor.generation
             acquire_timeout: float | None
             command_timeout: float | None
             if deadline is None:
@@ -106,10 +107,45 @@ class Engine(Leases):
                 # finishes the statement's cancellation and resets it (or closes it, past the
                 # release bound): the caller never waits on the network (a cancel request
                 # through a partition) to leave.
-                self._monitor.release_later(cm.__aexit__(type(exc), exc, exc.__traceback__))
+                self.monitor.release_later(cm.__aexit__(type(exc), exc, exc.__traceback__))
                 raise
+            if backend.in_transaction(conn):
+                await self._left_open(cm, conn, generation, op, query, deadline)
             await self.release(cm, generation, op, deadline)
             return result
+
+    async def _left_open(
+        self,
+        cm: Any,
+        conn: Connection,
+        generation: int,
+        op: str,
+        query: str,
+        deadline: float | None,
+    ) -> None:
+        """The text opened a transaction and left it open (``BEGIN; INSERT ...``, MySQL's
+        ``SET autocommit = 0``): what it did after that is uncommitted, and giving the
+        connection back rolls it back. Success would report a write that never lands: roll
+        back now and raise what that means."""
+        try:
+            await conn.execute(
+                "ROLLBACK", timeout=self.bound(self.options.command_timeout, deadline)
+            )
+        except Exception:
+            self.backend.discard(conn)  # the server rolls back when the connection closes
+        await self.release(cm, generation, op, deadline)
+        advice = "use db.transaction() to run several statements in one transaction"
+        if opens_first(query, self.backend.facts.family):
+            raise TransactionRolledBack(
+                f"backend {self.name!r}: the statement text opened a transaction and left it "
+                f"open; resilientdb rolled it back and nothing of it was written ({advice})"
+            )
+        self.monitor.count_outcome_unknown()
+        raise OutcomeUnknown(
+            f"backend {self.name!r}: the statement text left a transaction open; resilientdb "
+            f"rolled it back, but what ran before the transaction opened may have been "
+            f"committed ({advice})"
+        )
 
     # -- deciding after a failure ----------------------------------------------------------
 
@@ -127,7 +163,7 @@ class Engine(Leases):
         deadline: float | None,
     ) -> bool:
         """Raise the call's final error, or return whether the replay runs read-only."""
-        if guarded and self._backend.write_refused(exc):
+        if guarded and self.backend.write_refused(exc):
             # The statement tried to write when replayed read-only: its first run may have.
             raise self.unknown(op, exc, "it wrote when replayed read-only")
         if kind is ErrorKind.RETRYABLE:
@@ -137,12 +173,12 @@ class Engine(Leases):
                 # A later statement (or row) failed: the earlier ones stay committed.
                 raise self.unknown(op, exc, "an earlier part of it may have committed")
             raise self.final(exc, tried)  # the statement's own error, after one attempt
-        monitor = self._monitor
+        monitor = self.monitor
         if isinstance(exc, TimeoutError):
             monitor.report_suspect(generation, exc, op)
         else:
             monitor.report_lost(generation, exc, op)
-        if self._backend.unsent(exc):
+        if self.backend.unsent(exc):
             return guarded  # nothing was sent: bounded by the deadline only
         tried.replays += 1
         v = None if batch else verdict(query, self._facts.family)
@@ -193,13 +229,13 @@ class Engine(Leases):
     async def _harmless(self, v: Verdict, deadline: float | None) -> bool:
         """Whether the functions and operators of a read-only text are harmless."""
         catalog = self._catalog
-        known = catalog.known(self._monitor.generation, v.lookup)
+        known = catalog.known(self.monitor.generation, v.lookup)
         if known is None:
             looked = await self._look_up(v.lookup, deadline)
             if looked is None:
                 return False
             harmless, volatile = looked
-            catalog.remember(self._monitor.generation, v.lookup, harmless, volatile)
+            catalog.remember(self.monitor.generation, v.lookup, harmless, volatile)
             return v.lookup <= harmless and operators_harmless(v.operators, volatile)
         found, cached_ops = known
         return all(found.values()) and operators_harmless(v.operators, cached_ops)
@@ -208,20 +244,20 @@ class Engine(Leases):
         self, names: frozenset[str], deadline: float | None
     ) -> tuple[frozenset[str], frozenset[str]] | None:
         """Ask the server's catalog, through the gate, within the deadline; None: no answer."""
-        lookup = getattr(self._backend, "harmless_functions", None)
+        lookup = getattr(self.backend, "harmless_functions", None)
         if lookup is None:
             return None
-        limit = self._gate_deadline(deadline)
+        limit = self.gate_deadline(deadline)
         try:
             async with asyncio.timeout_at(limit):
-                await self._monitor.settled(limit)
-                await self._gate.wait(limit)
-                cm = self._backend.acquire(self.bound(self._options.acquire_timeout, limit))
+                await self.monitor.settled(limit)
+                await self.gate.wait(limit)
+                cm = self.backend.acquire(self.bound(self.options.acquire_timeout, limit))
                 conn = await cm.__aenter__()
                 try:
                     answer: tuple[frozenset[str], frozenset[str]] = await lookup(conn, names)
                 finally:
-                    self._monitor.release_later(cm.__aexit__(None, None, None))
+                    self.monitor.release_later(cm.__aexit__(None, None, None))
                 return answer
         except Exception:
             return None
@@ -239,7 +275,7 @@ class Engine(Leases):
         guard = self._facts.readonly_guard
         assert guard is not None
         begin, end = guard
-        bound = self.bound(self._options.command_timeout, deadline)
+        bound = self.bound(self.options.command_timeout, deadline)
         await conn.execute(begin, timeout=bound)
         try:
             if column:
@@ -251,5 +287,5 @@ class Engine(Leases):
                 with contextlib.suppress(Exception):
                     await conn.execute("ROLLBACK", timeout=bound)
             raise
-        await conn.execute(end, timeout=self.bound(self._options.command_timeout, deadline))
+        await conn.execute(end, timeout=self.bound(self.options.command_timeout, deadline))
         return result

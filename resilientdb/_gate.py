@@ -16,6 +16,7 @@ import asyncio
 
 from ._redact import describe
 from ._states import State
+from ._statistics import GateStatistics
 from .errors import DatabaseUnavailable, Overloaded, SupervisorClosed
 
 __all__ = ["Gate"]
@@ -53,6 +54,16 @@ class Gate:
     def waiting(self) -> int:
         """Callers waiting at the gate now."""
         return len(self._waiters)
+
+    def statistics(self) -> GateStatistics:
+        """The gate's figures now."""
+        return GateStatistics(
+            state=self.state,
+            waiting=len(self._waiters),
+            max_waiters=self.max_waiters,
+            wait_seconds=self.wait_seconds,
+            wait_count=self.wait_count,
+        )
 
     def wake_all(self) -> None:
         """Let every waiter re-check the state (after each state change)."""

@@ -10,7 +10,8 @@ retires the pool. While a check runs the pool opens no new connections, and a ca
 to replay waits for the verdict (``settled``) before it goes back to the gate.
 
 Invariants:
-- ``gate.state`` changes only in ``_signal``, through the pure ``transition`` function.
+- ``gate.state`` changes only in ``_signal``, through the pure ``transition`` function,
+  which also names every action to carry out (``start`` only enters the initial state).
 - ``generation`` grows on every successful (re)connect, after the old pool generation is
   retired and before the gate opens, so a failure seen on an old connection after recovery
   (``report_lost`` with a stale generation) cannot start another reconnect.
@@ -25,12 +26,14 @@ import logging
 import random
 import time
 from collections.abc import Awaitable
-from typing import cast
+from typing import Any, cast
 
 from ._gate import Gate
 from ._redact import describe
 from ._states import Action, Signal, State, transition
-from .backends.base import Backend, ErrorKind, Maintains
+from ._statistics import BackendStatistics
+from ._tasks import Spawn, finish, spawn_unowned
+from .backends.base import Backend, ErrorKind, Maintains, PoolStats
 from .config import Options
 from .events import (
     Connected,
@@ -47,6 +50,9 @@ from .events import (
 __all__ = ["Monitor"]
 
 logger = logging.getLogger("resilientdb")
+
+# How long connections still being given back may take when the pool closes.
+CLOSE_GRACE = 5.0
 
 
 class Monitor:
@@ -77,7 +83,9 @@ class Monitor:
         self._task: asyncio.Task[None] | None = None
         self._opening = False
         self._checked: asyncio.Future[None] | None = None  # set while a check is pending
-        self._cleanups: set[asyncio.Task[None]] = set()
+        self._cleanups: set[asyncio.Task[Any]] = set()
+        self._spawn: Spawn = spawn_unowned
+        self._stopping = False  # set by aclose: the loop ends even if a cancel was swallowed
         backend.set_connect_gate(self._pool_may_connect)
 
     @property
@@ -113,20 +121,22 @@ class Monitor:
             with contextlib.suppress(Exception):
                 await release
 
-        task = asyncio.create_task(run(), name=f"resilientdb-release-{self.name}")
+        task = self._spawn(run(), f"resilientdb-release-{self.name}")
         self._cleanups.add(task)
         task.add_done_callback(self._cleanups.discard)
         return task
 
     # -- lifecycle -------------------------------------------------------------------------
 
-    def start(self) -> None:
-        """Create the loop-bound parts and the reconnect task; the first attempt starts now."""
+    def start(self, spawn: Spawn = spawn_unowned) -> None:
+        """Create the loop-bound parts and the reconnect task (with the supervisor's
+        ``spawn``); the first attempt starts now."""
+        self._spawn = spawn
         self._wakeup = asyncio.Event()
         self._first_attempt = asyncio.Event()
         self._next_delay = 0.0
-        self._set_state(State.CONNECTING)
-        self._task = asyncio.create_task(self._run(), name=f"resilientdb-supervisor-{self.name}")
+        self._set_state(State.CONNECTING)  # the machine's initial state (CLOSED is final)
+        self._task = spawn(self._run(), f"resilientdb-supervisor-{self.name}")
 
     async def wait_first_attempt(self, timeout: float) -> None:
         """Wait (bounded) until the first open has succeeded or failed."""
@@ -136,18 +146,14 @@ class Monitor:
                     await self._first_attempt.wait()
 
     async def aclose(self) -> None:
-        """Close the gate (waiters get ``SupervisorClosed``), stop the task, close the pool."""
+        """Stop the reconnect task, then CLOSE: waiters get ``SupervisorClosed``, the
+        connections being given back get their bounded chance, the pool is closed."""
         self.gate.closed_reason = f"the supervisor of backend {self.name!r} is closed"
-        self._signal(Signal.CLOSE)
-        self._end_check()
+        # The loop first, so that no open or probe races the pool's close.
+        self._stopping = True
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        if self._cleanups:
-            await asyncio.wait(set(self._cleanups), timeout=5)
-        await self.backend.close()
+        await finish(task)
+        await self._signal(Signal.CLOSE)
 
     # -- reports from callers (synchronous: the state flips before the caller awaits) ------
 
@@ -205,9 +211,22 @@ class Monitor:
 
     # -- the state machine --------------------------------------------------------------------
 
-    def _signal(self, signal: Signal, cause: BaseException | None = None) -> None:
+    async def _signal(self, signal: Signal, cause: BaseException | None = None) -> None:
+        """Move the state machine and carry out every action the transition names.
+
+        RETIRE_POOL is carried out before the new state is entered (the old pool generation
+        must be gone before the gate opens); the other actions after it, in table order."""
         old = self.state
         new, actions = transition(old, signal)
+        if Action.RETIRE_POOL in actions:
+            await self.backend.refresh()
+        if new is not old:
+            if new is State.CONNECTED:
+                # After the retirement, before the gate opens: see the module docstring.
+                self.generation += 1
+                self.gate.last_error = None
+            self._set_state(new)
+            self._announce(old, new, cause)
         for action in actions:
             if action is Action.RESET_ATTEMPTS:
                 self.attempts = 0
@@ -219,13 +238,19 @@ class Monitor:
                 # probed every failed_probe_interval.
                 ramp = max(self.options.backoff.initial, 0.05) * 2.0 ** min(self.attempts, 30)
                 self._next_delay = min(self.options.failed_probe_interval, ramp)
-        if new is not old:
-            self._set_state(new)
-            self._announce(old, new, cause)
-        if Action.WAKE_WAITERS in actions:
-            self.gate.wake_all()
+            elif action is Action.WAKE_WAITERS:
+                self.gate.wake_all()
+            elif action is Action.CLOSE_POOL:
+                await self._close_pool()
         if self._wakeup is not None:
             self._wakeup.set()
+
+    async def _close_pool(self) -> None:
+        # Connections still being given back (after a timeout or a cancellation) get their
+        # bounded chance first: closing the pool under them would leak their server side.
+        if self._cleanups:
+            await asyncio.wait(set(self._cleanups), timeout=CLOSE_GRACE)
+        await self.backend.close()
 
     def _set_state(self, new: State) -> None:
         now = time.monotonic()
@@ -270,6 +295,40 @@ class Monitor:
                 )
             )
 
+    def count_outcome_unknown(self) -> None:
+        """An ``OutcomeUnknown`` was raised to a caller of this backend."""
+        self.outcome_unknown += 1
+
+    def statistics(self, now: float | None = None) -> BackendStatistics:
+        """This backend's figures now (no I/O)."""
+        now = time.monotonic() if now is None else now
+        in_state = dict(self.time_in_state)
+        in_state[self.state] += now - self.state_since
+        return BackendStatistics(
+            name=self.name,
+            state=self.state,
+            pool=self._pool_statistics(),
+            gate=self.gate.statistics(),
+            generation=self.generation,
+            reconnects=self.reconnects,
+            replays=self.replays,
+            outcome_unknown=self.outcome_unknown,
+            timeouts=self.timeouts,
+            downtime=self.downtime,
+            releasing=len(self._cleanups),
+            time_in_state=in_state,
+        )
+
+    def _pool_statistics(self) -> PoolStats:
+        try:
+            return self.backend.stats()
+        except Exception:
+            # A broken adapter's gauges must not break a scrape or a readiness probe.
+            opts = self.options
+            return PoolStats(
+                size=0, idle=0, in_use=0, min_size=opts.min_size, max_size=opts.max_size
+            )
+
     @property
     def downtime(self) -> float:
         """Seconds since the backend was last connected (0 when connected)."""
@@ -285,7 +344,7 @@ class Monitor:
 
     async def _run(self) -> None:
         assert self._wakeup is not None
-        while self.state is not State.CLOSED:
+        while not self._stopping and self.state is not State.CLOSED:
             try:
                 if self.state is State.CONNECTED:
                     if not await self._sleep_connected():
@@ -324,11 +383,11 @@ class Monitor:
             self.gate.last_error = exc
             self._error("connect", exc)
             if backend.classify_connect(exc) is ErrorKind.PERMANENT:
-                self._signal(Signal.CONNECT_PERMANENT, exc)
+                await self._signal(Signal.CONNECT_PERMANENT, exc)
             elif self.state is State.RECONNECTING and self._gave_up():
-                self._signal(Signal.GIVE_UP, exc)
+                await self._signal(Signal.GIVE_UP, exc)
             else:
-                self._signal(Signal.CONNECT_TRANSIENT, exc)
+                await self._signal(Signal.CONNECT_TRANSIENT, exc)
                 if self.state is State.RECONNECTING:
                     self.bus.emit(
                         Reconnecting(
@@ -340,13 +399,7 @@ class Monitor:
                         )
                     )
         else:
-            _, actions = transition(self.state, Signal.CONNECT_OK)
-            if Action.RETIRE_POOL in actions:
-                # The old generation must be gone before the gate opens again.
-                await backend.refresh()
-            self.generation += 1
-            self.gate.last_error = None
-            self._signal(Signal.CONNECT_OK)
+            await self._signal(Signal.CONNECT_OK)
         finally:
             if self._first_attempt is not None:
                 self._first_attempt.set()
@@ -389,6 +442,6 @@ class Monitor:
                 self.gate.last_error = exc
                 self.attempts = 1
                 self.total_attempts += 1
-                self._signal(Signal.CONNECTION_LOST, exc)
+                await self._signal(Signal.CONNECTION_LOST, exc)
         finally:
             self._end_check()

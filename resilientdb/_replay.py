@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from ._builtins import HARMLESS, NEVER, NOT_CALLS
 from ._sql import CLOSE, COMMA, LITERAL, OPEN, OPERATOR, PUNCT, WORD, Statement, Token, readings
 
-__all__ = ["Verdict", "is_read_only", "may_replay", "verdict"]
+__all__ = ["Verdict", "is_commit", "is_read_only", "may_replay", "opens_first", "verdict"]
 
 _READ_ONLY_STARTS = frozenset({"SELECT", "SHOW", "VALUES", "TABLE", "WITH"})
 _EXPLAIN_STARTS = frozenset({"EXPLAIN", "DESCRIBE", "DESC"})
@@ -101,10 +101,13 @@ def verdict(sql: str, family: str) -> Verdict:
         if reading.unsafe:
             return _MAY_WRITE
         single = single and len(reading.statements) == 1
-        for st in reading.statements:
+        for whole in reading.statements:
             runs = True
+            st = _effective(whole, family)
+            if st is None:
+                return _MAY_WRITE
             lead = st.leading
-            compound = compound or lead is None or lead in _COMPOUND
+            compound = compound or lead is None or lead in _COMPOUND or _in_parts(st, family)
             ends = ends or _ends_transaction(st, family)
             locks = locks or _locks(st)
             if not read_only:
@@ -162,13 +165,81 @@ def may_replay(*, unsent: bool, sql: str | None, idempotent: bool | None) -> boo
     return sql is not None and is_read_only(sql)
 
 
+def _effective(st: Statement, family: str) -> Statement | None:
+    """The statement that really runs: MariaDB's ``SET STATEMENT var = value [, ...] FOR
+    stmt`` runs ``stmt`` (a CALL, DDL that commits implicitly...); None when no ``FOR`` ends
+    the settings (unreadable: assume the worst)."""
+    if family != "mysql" or st.leading != "SET" or st.word_after(1) != "STATEMENT":
+        return st
+    depth = 0
+    for k in range(st.start + 2, len(st.tokens)):
+        tok = st.tokens[k]
+        if tok == OPEN:
+            depth += 1
+        elif tok == CLOSE:
+            depth -= 1
+        elif depth == 0 and tok == (WORD, "FOR") and k + 1 < len(st.tokens):
+            return Statement(st.tokens, k + 1)
+    return None
+
+
+def _in_parts(st: Statement, family: str) -> bool:
+    """One statement that the server applies in parts, so that a failure can leave some of
+    it done: MySQL/MariaDB's DROP or RENAME of several tables (each is its own DDL), and
+    PostgreSQL's CONCURRENTLY (which commits its own steps; a failure leaves an invalid
+    index behind)."""
+    toks = st.tokens
+    if family == "postgresql":
+        return (WORD, "CONCURRENTLY") in toks
+    if family == "mysql" and st.leading in ("DROP", "RENAME"):
+        depth = 0
+        for tok in toks[st.start :]:
+            depth += tok == OPEN
+            depth -= tok == CLOSE
+            if depth == 0 and tok == COMMA:
+                return True
+    return False
+
+
+def opens_first(sql: str, family: str) -> bool:
+    """``sql`` starts by opening a transaction (BEGIN, START TRANSACTION, MySQL's SET
+    autocommit) and no later statement may commit: run outside a transaction and left open,
+    nothing of it was committed."""
+    for reading in readings(sql, family):
+        if reading.unsafe or not reading.statements:
+            return False
+        first, *rest = reading.statements
+        if first.leading not in ("BEGIN", "START", "SET"):
+            return False
+        if first.leading == "SET" and not _ends_transaction(first, family):
+            return False
+        if any(_effective(st, family) is None or _ends_transaction(st, family) for st in rest):
+            return False
+        if family != "mysql" and any(st.leading in ("BEGIN", "START") for st in rest):
+            return False
+    return True
+
+
+def is_commit(sql: str, family: str) -> bool:
+    """``sql`` is one COMMIT (or PostgreSQL's END): the statement whose answer says whether
+    the transaction committed."""
+    v = verdict(sql, family)
+    if not v.single:
+        return False
+    return any(
+        r.statements and r.statements[0].leading in ("COMMIT", "END") for r in readings(sql, family)
+    )
+
+
 def _ends_transaction(st: Statement, family: str) -> bool:
     lead = st.leading
     if lead is None:
         return True
     if family == "mysql":
         if lead == "SET":
-            return any(t == (WORD, "AUTOCOMMIT") for t in st.tokens)
+            # SET autocommit commits when it turns it on; SET PASSWORD commits implicitly.
+            second = st.word_after(1)
+            return second == "PASSWORD" or any(t == (WORD, "AUTOCOMMIT") for t in st.tokens)
         if lead == "ROLLBACK":
             return not _rolls_back_to_savepoint(st)
         return lead not in _MYSQL_KEEPS_TRANSACTION

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from types import TracebackType
 from typing import Any, TypeVar
 
 from . import metrics
 from ._database import Database
+from ._engine import Engine
 from ._monitor import Monitor
 from ._states import SEVERITY, State
+from ._statistics import BackendStatistics
+from ._tasks import TaskGroup
 from .backends import registry
 from .backends.base import Backend
 from .config import DSN, BackendConfig, Options, resolve_backend, supervisor_options
@@ -20,9 +24,11 @@ from .health import HealthReport
 from .health import check as check_health
 from .memory import MemoryWatchdog
 
-__all__ = ["Supervisor"]
+__all__ = ["BackendFactory", "Supervisor", "default_backend"]
 
 E = TypeVar("E", bound=Event)
+# (backend name, parsed DSN, merged options) -> the adapter for that backend.
+BackendFactory = Callable[[str, DSN, Options], Backend]
 DEFAULT_NAME = "default"
 
 
@@ -42,6 +48,10 @@ class Supervisor:
 
     ``on_error`` receives an :class:`ErrorOccurred` event for every error the supervisor
     handles (lost connections, failed probes, unknown outcomes): for Sentry, Slack, paging.
+
+    ``backend_factory(name, dsn, options)`` builds each backend's adapter instead of the one
+    the DSN's scheme names: for a custom adapter, or for a test that wants a handle on the
+    adapter it supervises (wrap :func:`default_backend`).
     """
 
     def __init__(
@@ -50,18 +60,30 @@ class Supervisor:
         /,
         *,
         on_error: Callable[[ErrorOccurred], Awaitable[None] | None] | None = None,
+        backend_factory: BackendFactory | None = None,
         **options: Any,
     ) -> None:
         # Names and values one by one here; the rules between options (min_size <= max_size)
         # on each backend's merged options, so that an override can settle them.
         Options.check(options)
         specs = _backend_specs(dsn)
+        if backend_factory is not None and not callable(backend_factory):
+            raise ConfigurationError(
+                "backend_factory must be a callable taking (name, dsn, options) and returning "
+                "a backend adapter"
+            )
+        factory = default_backend if backend_factory is None else backend_factory
         self._bus = EventBus()
+        self._tasks = TaskGroup("supervisor")
+        # The supervisor owns each backend's monitor (state machine, reconnect loop) and
+        # engine (the call rules); a Database is the face the application holds.
+        self._monitors: dict[str, Monitor] = {}
         self._databases: dict[str, Database] = {}
         for name, spec in specs.items():
             parsed, opts = resolve_backend(name, spec, options)
-            backend = _load_adapter(parsed, opts)
-            self._databases[name] = Database(Monitor(name, backend, opts, self._bus))
+            monitor = Monitor(name, factory(name, parsed, opts), opts, self._bus)
+            self._monitors[name] = monitor
+            self._databases[name] = Database(Engine(monitor))
         if on_error is not None:
             if not callable(on_error):
                 raise ConfigurationError("on_error must be a callable taking an ErrorOccurred")
@@ -73,7 +95,7 @@ class Supervisor:
 
     def __repr__(self) -> str:
         parts = ", ".join(
-            f"{name}={db._backend.dsn!s} ({db.state.value})" for name, db in self._databases.items()
+            f"{name}={m.backend.dsn!s} ({m.state.value})" for name, m in self._monitors.items()
         )
         return f"<Supervisor {parts}>"
 
@@ -103,6 +125,12 @@ class Supervisor:
         return dict(self._databases)
 
     @property
+    def memory_watchdog(self) -> MemoryWatchdog | None:
+        """The running memory watchdog (its counters, ``check()`` on demand), or None when
+        it is disabled or the supervisor is not running."""
+        return self._watchdog
+
+    @property
     def state(self) -> State:
         """The worst state over all backends (FAILED beats RECONNECTING beats CONNECTED)."""
         return max((db.state for db in self._databases.values()), key=SEVERITY.__getitem__)
@@ -124,10 +152,12 @@ class Supervisor:
         if self._started:
             return
         self._started = True
-        self._bus.start()
-        monitors = [db._monitor for db in self._databases.values()]
+        tasks = self._tasks
+        await tasks.start()
+        self._bus.start(tasks.spawn)
+        monitors = list(self._monitors.values())
         for monitor in monitors:
-            monitor.start()
+            monitor.start(tasks.spawn)
         opts = self._options
         if opts.memory_watchdog:
             self._watchdog = MemoryWatchdog(
@@ -138,7 +168,7 @@ class Supervisor:
                 actions=opts.memory_actions,
                 reader=opts.memory_reader,
             )
-            self._watchdog.start()
+            self._watchdog.start(tasks.spawn)
         bound = max(m.options.connect_timeout for m in monitors) * 2
         await asyncio.gather(*(m.wait_first_attempt(bound) for m in monitors))
 
@@ -147,14 +177,16 @@ class Supervisor:
         if self._closed:
             return
         self._closed = True
-        monitors = [db._monitor for db in self._databases.values()]
         watchdog, self._watchdog = self._watchdog, None
         try:
             if watchdog is not None:
                 await watchdog.aclose()
-            await asyncio.gather(*(m.aclose() for m in monitors))
+            await asyncio.gather(*(m.aclose() for m in self._monitors.values()))
         finally:
-            await self._bus.aclose()
+            try:
+                await self._bus.aclose()  # after the monitors: their last events delivered
+            finally:
+                await self._tasks.aclose()
 
     async def __aenter__(self) -> Supervisor:
         await self.start()
@@ -175,15 +207,15 @@ class Supervisor:
         """
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
-        for db in self._databases.values():
-            gate = db._gate
+        for name, monitor in self._monitors.items():
+            gate = monitor.gate
             while gate.state is not State.CONNECTED:
                 if gate.state is State.CLOSED:
                     raise SupervisorClosed(gate.closed_reason)
                 remaining = None if deadline is None else deadline - loop.time()
                 if remaining is not None and remaining <= 0:
                     raise DatabaseUnavailable(
-                        f"backend {db.name!r} is still {gate.state.value} after {timeout}s"
+                        f"backend {name!r} is still {gate.state.value} after {timeout}s"
                     ) from gate.last_error
                 try:
                     await gate.wait_change(remaining)
@@ -193,8 +225,14 @@ class Supervisor:
     # -- figures --------------------------------------------------------------------------------
 
     def stats(self) -> dict[str, dict[str, Any]]:
-        """A snapshot per backend: OpenTelemetry-style pool gauges plus resilientdb counters."""
-        return metrics.snapshot({name: db._monitor for name, db in self._databases.items()})
+        """A snapshot per backend: OpenTelemetry-style pool gauges plus resilientdb counters,
+        as plain dicts (``metrics`` documents the keys)."""
+        return metrics.snapshot(self._monitors)
+
+    def statistics(self) -> dict[str, BackendStatistics]:
+        """Every backend's figures now, as frozen objects (``db.statistics()`` for one)."""
+        now = time.monotonic()
+        return {name: m.statistics(now) for name, m in self._monitors.items()}
 
     async def health(self, timeout: float | None = None) -> HealthReport:
         """Check every backend now (concurrently) and return a :class:`HealthReport`.
@@ -203,7 +241,7 @@ class Supervisor:
         is bounded by ``timeout`` seconds, or by the backend's ``health_timeout`` option. It
         never raises for a database problem: an outage is a ``fail`` in the report.
         """
-        return await check_health((db._monitor for db in self._databases.values()), timeout)
+        return await check_health((db._engine for db in self._databases.values()), timeout)
 
 
 def _backend_specs(
@@ -228,5 +266,7 @@ def _backend_specs(
     return dict(dsn)
 
 
-def _load_adapter(dsn: DSN, options: Options) -> Backend:
+def default_backend(name: str, dsn: DSN, options: Options) -> Backend:
+    """The adapter the DSN's scheme names in the backend registry (the default
+    ``backend_factory``)."""
     return registry.create(dsn, options)

@@ -29,12 +29,12 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 from ._redact import describe
-from ._replay import verdict
+from ._replay import is_commit, verdict
 from .backends.base import Connection, ErrorKind
 from .errors import OutcomeUnknown, TransactionClosed, TransactionLost, TransactionRolledBack
 
 if TYPE_CHECKING:
-    from ._database import Database
+    from ._engine import Engine
 
 __all__ = ["Transaction", "TxState"]
 
@@ -58,14 +58,14 @@ class Transaction:
     """
 
     __slots__ = (
-        "_begin", "_cause", "_conn", "_db", "_failed", "_generation", "committed",
+        "_begin", "_cause", "_conn", "_engine", "_failed", "_generation", "committed",
         "committed_early", "committing", "state",
     )  # fmt: skip
 
     def __init__(
-        self, db: Database, conn: Connection, generation: int, begin: tuple[str, ...]
+        self, engine: Engine, conn: Connection, generation: int, begin: tuple[str, ...]
     ) -> None:
-        self._db = db
+        self._engine = engine
         self._conn = conn
         self._generation = generation
         self._begin = begin
@@ -85,7 +85,7 @@ class Transaction:
     def connection(self) -> Any:
         """The raw driver connection the transaction runs on."""
         self._check()
-        return self._db._backend.raw(self._conn)
+        return self._engine.backend.raw(self._conn)
 
     # -- the calls ---------------------------------------------------------------------------
 
@@ -121,20 +121,20 @@ class Transaction:
 
     def _check(self) -> None:
         """Raise why nothing may be sent on this handle any more."""
-        state, db = self.state, self._db
+        state, engine = self.state, self._engine
         if state is TxState.OPEN:
             return
         if state is TxState.CLOSED:
             raise TransactionClosed(
-                f"backend {db.name!r}: this transaction's block has ended; its handle cannot "
+                f"backend {engine.name!r}: this transaction's block has ended; its handle cannot "
                 f"run statements any more (nothing was sent). Open a new transaction."
             )
         if state is TxState.LOST:
             raise TransactionLost(
-                f"backend {db.name!r}: the transaction's connection was lost earlier"
+                f"backend {engine.name!r}: the transaction's connection was lost earlier"
             ) from self._cause
         raise TransactionRolledBack(
-            f"backend {db.name!r}: the server rolled the transaction back earlier "
+            f"backend {engine.name!r}: the server rolled the transaction back earlier "
             f"({describe(self._cause) if self._cause else 'no error recorded'}); nothing of "
             f"it was written"
         ) from self._cause
@@ -142,13 +142,30 @@ class Transaction:
     async def _call(self, op: str, query: str, args: tuple[Any, ...], **kw: Any) -> Any:
         self._check()
         conn = self._conn
+        backend = self._engine.backend
+        family = backend.facts.family
         try:
             result = await getattr(conn, op)(query, *args, **kw)
         except Exception as exc:
             await self._after_error(exc, op, query)
             raise
-        backend = self._db._backend
-        ends = verdict(query, backend.facts.family).ends_transaction  # cached per text
+        except BaseException:
+            # Cut off (cancelled, or the caller's deadline) with the text on the wire: a
+            # COMMIT in it may have run, so a rolled-back outcome can no longer be promised.
+            if verdict(query, family).ends_transaction:
+                self.committed_early = True
+            raise
+        ends = verdict(query, family).ends_transaction  # cached per text
+        committed = not (ends and op == "execute") or backend.commit_applied(result)
+        if not committed and is_commit(query, family):
+            # The caller's own COMMIT, answered ROLLBACK: the transaction had failed (an
+            # error caught and ignored); nothing of it was written.
+            err = TransactionRolledBack(
+                f"backend {self._engine.name!r}: COMMIT was answered ROLLBACK: the "
+                f"transaction had failed earlier and nothing of it was written"
+            )
+            self._mark(TxState.ROLLED_BACK, err)
+            raise err
         if ends or not backend.in_transaction(conn):
             # The statement may have ended the transaction: an implicit commit, COMMIT or
             # ROLLBACK in its text, or a commit that opened the next one at once (COMMIT AND
@@ -158,8 +175,8 @@ class Transaction:
 
     async def _after_error(self, exc: Exception, op: str, query: str) -> None:
         """Record what a failed statement did to the transaction; raise when it was lost."""
-        db = self._db
-        backend = db._backend
+        engine = self._engine
+        backend = engine.backend
         kind = ErrorKind.CONNECTION if isinstance(exc, TimeoutError) else None
         kind = kind or backend.classify(exc, self._conn)
         if kind is ErrorKind.CONNECTION:
@@ -185,13 +202,13 @@ class Transaction:
         transaction is still open, and open a new one when none is."""
         await self._refresh_status(op, exc)
         self.committed_early = True
-        if not self._db._backend.in_transaction(self._conn):
+        if not self._engine.backend.in_transaction(self._conn):
             await self._reopen(exc)
 
     async def _refresh_status(self, op: str, exc: Exception | None) -> None:
         """Bring the driver's transaction status up to date where error replies and result
         sets carry none (MySQL: ``BackendFacts.status_statement``)."""
-        status = self._db._backend.facts.status_statement
+        status = self._engine.backend.facts.status_statement
         if status is None:
             return
         try:
@@ -202,23 +219,23 @@ class Transaction:
     def lose(self, exc: BaseException, where: str, *, committing: bool) -> BaseException:
         """The connection died: discard it and return the error to raise (TransactionLost, or
         OutcomeUnknown when part of the transaction may have been committed)."""
-        db = self._db
-        db._backend.discard(self._conn)
+        engine = self._engine
+        engine.backend.discard(self._conn)
         self._mark(TxState.LOST, exc)
         if isinstance(exc, TimeoutError):
-            db._monitor.report_suspect(self._generation, exc, where)
+            engine.monitor.report_suspect(self._generation, exc, where)
         else:
-            db._monitor.report_lost(self._generation, exc, where)
+            engine.monitor.report_lost(self._generation, exc, where)
         if self.committed_early or committing:
-            db._monitor.outcome_unknown += 1
+            engine.monitor.count_outcome_unknown()
             err: BaseException = OutcomeUnknown(
-                f"backend {db.name!r}: connection lost ({describe(exc)}) after part of the "
+                f"backend {engine.name!r}: connection lost ({describe(exc)}) after part of the "
                 f"transaction may have been committed (a COMMIT, or a statement that commits "
                 f"implicitly); it is not known what was applied"
             )
         else:
             err = TransactionLost(
-                f"backend {db.name!r}: connection lost inside the transaction "
+                f"backend {engine.name!r}: connection lost inside the transaction "
                 f"({describe(exc)}); the server rolled it back"
             )
         err.__cause__ = exc
@@ -237,7 +254,7 @@ class Transaction:
             for statement in self._begin:
                 await conn.execute(statement)
         except Exception as failure:
-            kind = self._db._backend.classify(failure, conn)
+            kind = self._engine.backend.classify(failure, conn)
             if kind is ErrorKind.CONNECTION or isinstance(failure, TimeoutError):
                 err = self.lose(failure, "transaction", committing=True)
                 raise err from err.__cause__
@@ -245,11 +262,11 @@ class Transaction:
 
     async def rollback_quietly(self) -> None:
         """ROLLBACK, bounded; a connection that does not answer is discarded instead."""
-        bound = min(self._db._options.connect_timeout, 5.0)
+        bound = min(self._engine.options.connect_timeout, 5.0)
         try:
             await self._conn.execute("ROLLBACK", timeout=bound)
         except Exception:
-            self._db._backend.discard(self._conn)
+            self._engine.backend.discard(self._conn)
 
     @asynccontextmanager
     async def _savepoint(self) -> AsyncIterator[Transaction]:

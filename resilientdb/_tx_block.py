@@ -31,7 +31,7 @@ from .backends.base import ErrorKind
 from .errors import DatabaseUnavailable, OutcomeUnknown, TransactionLost, TransactionRolledBack
 
 if TYPE_CHECKING:
-    from ._database import Database
+    from ._engine import Engine
 
 __all__ = ["normalize_isolation", "run_in_transaction", "transaction"]
 
@@ -53,19 +53,19 @@ def normalize_isolation(isolation: str | None) -> str | None:
 
 @asynccontextmanager
 async def transaction(
-    db: Database, *, isolation: str | None, readonly: bool, timeout: float | None
+    engine: Engine, *, isolation: str | None, readonly: bool, timeout: float | None
 ) -> AsyncIterator[Transaction]:
     """The body of ``Database.transaction()``."""
-    begin = db._backend.begin_statements(normalize_isolation(isolation), readonly)
+    begin = engine.backend.begin_statements(normalize_isolation(isolation), readonly)
     deadline = deadline_after(timeout)
-    joined = db._joined_transaction()
+    joined = engine.joined()
     if joined is not None:
         # This task already has a transaction open on this backend: nest a savepoint.
         async with joined.transaction() as tx:
             yield tx
         return
-    cm, tx = await _open(db, begin, deadline)
-    token = db._tx_var.set((asyncio.current_task(), tx))
+    cm, tx = await _open(engine, begin, deadline)
+    token = engine.join(tx)
     failure: BaseException | None = None
     try:
         try:
@@ -78,25 +78,25 @@ async def transaction(
                 and isinstance(exc, Exception)
             ):
                 # The block failed, but part of it committed already: that is the truth.
-                raise _unknown(db, exc, "the block failed after part of it committed") from exc
+                raise _unknown(engine, exc, "the block failed after part of it committed") from exc
             raise
         try:
-            await _commit(db, tx)
+            await _commit(engine, tx)
         except BaseException as exc:
             failure = exc
             raise
     finally:
         with contextlib.suppress(ValueError):  # reset from another context: nothing to undo
-            db._tx_var.reset(token)
-        await _finish(db, cm, tx, failure)
+            engine.leave(token)
+        await _finish(engine, cm, tx, failure)
 
 
 async def _open(
-    db: Database, begin: tuple[str, ...], deadline: float | None
+    engine: Engine, begin: tuple[str, ...], deadline: float | None
 ) -> tuple[AbstractAsyncContextManager[Any], Transaction]:
     """A connection with a transaction open on it; opening is retried while it failed
     because the connection was gone (nothing of the caller's ran yet)."""
-    engine, backend = db._engine, db._backend
+    backend = engine.backend
     failures = 0
     while True:
         cm, conn, generation = await engine.checkout(deadline)
@@ -108,34 +108,34 @@ async def _open(
                 backend.classify(exc, conn) is ErrorKind.CONNECTION
             )
             if not lost:
-                db._monitor.release_later(cm.__aexit__(None, None, None))
+                engine.monitor.release_later(cm.__aexit__(None, None, None))
                 raise
             backend.discard(conn)
-            db._monitor.release_later(cm.__aexit__(None, None, None))
-            db._monitor.report_lost(generation, exc, "begin")
+            engine.monitor.release_later(cm.__aexit__(None, None, None))
+            engine.monitor.report_lost(generation, exc, "begin")
             failures += 1
-            if failures > db._options.max_replays:
+            if failures > engine.options.max_replays:
                 raise DatabaseUnavailable(
-                    f"backend {db.name!r}: connection lost while opening a transaction, "
+                    f"backend {engine.name!r}: connection lost while opening a transaction, "
                     f"{failures} times: {describe(exc)}"
                 ) from exc
-            await db._monitor.settled(engine._gate_deadline(deadline))
+            await engine.monitor.settled(engine.gate_deadline(deadline))
             continue
         except BaseException:
             backend.discard(conn)
-            db._monitor.release_later(cm.__aexit__(None, None, None))
+            engine.monitor.release_later(cm.__aexit__(None, None, None))
             raise
-        return cm, Transaction(db, conn, generation, begin)
+        return cm, Transaction(engine, conn, generation, begin)
 
 
-async def _commit(db: Database, tx: Transaction) -> None:
-    backend = db._backend
+async def _commit(engine: Engine, tx: Transaction) -> None:
+    backend = engine.backend
     if tx.state is not TxState.OPEN:
         try:
             tx._check()  # raises why there is nothing to commit
         except (TransactionLost, TransactionRolledBack) as exc:
             if tx.committed_early:
-                raise _unknown(db, exc, "part of it committed before it was lost") from exc
+                raise _unknown(engine, exc, "part of it committed before it was lost") from exc
             raise
     tx.committing = True
     try:
@@ -151,26 +151,26 @@ async def _commit(db: Database, tx: Transaction) -> None:
         # busy database): nothing was written, unless a statement committed earlier.
         tx._mark(TxState.ROLLED_BACK, exc)
         if tx.committed_early:
-            raise _unknown(db, exc, "COMMIT failed after part of it committed") from exc
+            raise _unknown(engine, exc, "COMMIT failed after part of it committed") from exc
         raise
     if not backend.commit_applied(result):
         failed = tx._failed
         tx._mark(TxState.ROLLED_BACK, failed)
         err: BaseException = TransactionRolledBack(
-            f"backend {db.name!r}: COMMIT did not commit: the server had rolled the "
+            f"backend {engine.name!r}: COMMIT did not commit: the server had rolled the "
             f"transaction back after an error inside it was caught"
             + (f" ({describe(failed)})" if failed else "")
             + "; nothing of it was written"
         )
         if tx.committed_early:
-            err = _unknown(db, err, "it was rolled back after part of it committed")
+            err = _unknown(engine, err, "it was rolled back after part of it committed")
         raise err from failed
     tx.committing = False
     tx.committed = True
 
 
 async def _finish(
-    db: Database,
+    engine: Engine,
     cm: AbstractAsyncContextManager[Any],
     tx: Transaction,
     failure: BaseException | None,
@@ -178,7 +178,7 @@ async def _finish(
     """End the block: roll back what is left open, give the connection back, close the
     handle. A cancelled caller does not wait: that work goes to the background, and so does
     whatever is left when the caller is cancelled during this clean-up."""
-    backend, monitor = db._backend, db._monitor
+    backend, monitor = engine.backend, engine.monitor
     live = tx.state is not TxState.LOST
     in_flight = tx.committing  # COMMIT sent and not answered: the connection's state is unknown
     tx.state = TxState.CLOSED
@@ -207,9 +207,9 @@ async def _finish(
         await cm.__aexit__(None, None, None)
 
 
-def _unknown(db: Database, exc: BaseException, why: str) -> OutcomeUnknown:
-    db._monitor.outcome_unknown += 1
-    err = OutcomeUnknown(f"backend {db.name!r}: transaction outcome unknown: {why} ({exc})")
+def _unknown(engine: Engine, exc: BaseException, why: str) -> OutcomeUnknown:
+    engine.monitor.count_outcome_unknown()
+    err = OutcomeUnknown(f"backend {engine.name!r}: transaction outcome unknown: {why} ({exc})")
     err.__cause__ = exc
     return err
 
@@ -225,7 +225,7 @@ class _Run:
 
 
 async def run_in_transaction(
-    db: Database,
+    engine: Engine,
     fn: Callable[..., Awaitable[T]],
     args: tuple[Any, ...],
     *,
@@ -241,7 +241,7 @@ async def run_in_transaction(
     if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
         raise ValueError(f"retries must be an integer >= 0, not {retries!r}")
     deadline = deadline_after(timeout)
-    joined = db._joined_transaction()
+    joined = engine.joined()
     if joined is not None:
         # Inside this task's open transaction: the outer block owns retries and COMMIT.
         async with joined.transaction() as tx:
@@ -255,7 +255,7 @@ async def run_in_transaction(
         try:
             async with (
                 scope,
-                transaction(db, isolation=isolation, readonly=readonly, timeout=None) as tx,
+                transaction(engine, isolation=isolation, readonly=readonly, timeout=None) as tx,
             ):
                 run.tx = tx
                 run.result = await fn(tx, *args)
@@ -264,59 +264,59 @@ async def run_in_transaction(
             if scope.expired():
                 if run.tx is not None and run.tx.committed:
                     return cast(T, run.result)  # only giving the connection back was cut short
-                _past_deadline(db, exc, run, timeout, applied)
+                _past_deadline(engine, exc, run, timeout, applied)
             cause: BaseException = exc
-            _raise_unless_retryable(db, exc, run, idempotent, applied)
+            _raise_unless_retryable(engine, exc, run, idempotent, applied)
         except TransactionLost as exc:
             cause = exc  # lost before COMMIT was sent: rolled back, safe to run again
         except OutcomeUnknown as exc:
             if not idempotent:
-                err = _final(db, exc, applied)
+                err = _final(engine, exc, applied)
                 raise err from err.__cause__
             applied = applied or exc
             cause = exc
         except TransactionRolledBack as exc:
             inner = exc.__cause__
-            if inner is None or db._backend.classify(inner) is not ErrorKind.RETRYABLE:
-                err = _final(db, exc, applied)
+            if inner is None or engine.backend.classify(inner) is not ErrorKind.RETRYABLE:
+                err = _final(engine, exc, applied)
                 raise err from err.__cause__
             cause = exc
         except Exception as exc:
-            _raise_unless_retryable(db, exc, run, idempotent, applied)
+            _raise_unless_retryable(engine, exc, run, idempotent, applied)
             cause = exc
         attempt += 1
         if attempt > retries:
-            raise _final(db, cause, applied)
-        limit = loop.time() + db._options.gate_timeout if deadline is None else deadline
+            raise _final(engine, cause, applied)
+        limit = loop.time() + engine.options.gate_timeout if deadline is None else deadline
         if loop.time() >= limit:
             raise _final(
-                db,
+                engine,
                 DatabaseUnavailable(
-                    f"backend {db.name!r}: transaction reached its deadline: {describe(cause)}"
+                    f"backend {engine.name!r}: transaction reached its deadline: {describe(cause)}"
                 ),
                 applied,
                 cause,
             )
-        db._monitor.replayed("run_in_transaction", attempt, cause)
-        await db._monitor.settled(limit)
-        delay = db._options.backoff.delay(attempt)
+        engine.monitor.replayed("run_in_transaction", attempt, cause)
+        await engine.monitor.settled(limit)
+        delay = engine.options.backoff.delay(attempt)
         await asyncio.sleep(min(delay, max(limit - loop.time(), 0.0)))
 
 
 def _raise_unless_retryable(
-    db: Database, exc: Exception, run: _Run, idempotent: bool, applied: BaseException | None
+    engine: Engine, exc: Exception, run: _Run, idempotent: bool, applied: BaseException | None
 ) -> None:
     """A lost race (rolled back whole) may run again; anything else is raised."""
-    if db._backend.classify(exc) is not ErrorKind.RETRYABLE:
-        err = _final(db, exc, applied)
+    if engine.backend.classify(exc) is not ErrorKind.RETRYABLE:
+        err = _final(engine, exc, applied)
         raise err from err.__cause__
     tx = run.tx
     if tx is not None and tx.committed_early and not idempotent:
-        raise _unknown(db, exc, "a lost race after part of it committed") from exc
+        raise _unknown(engine, exc, "a lost race after part of it committed") from exc
 
 
 def _past_deadline(
-    db: Database,
+    engine: Engine,
     exc: TimeoutError,
     run: _Run,
     timeout: float | None,
@@ -325,11 +325,11 @@ def _past_deadline(
     """The call's deadline passed: raise what that means for what was applied."""
     tx = run.tx
     if tx is not None and (tx.committing or tx.committed_early):
-        raise _unknown(db, exc, f"the deadline ({timeout}s) passed during COMMIT")
+        raise _unknown(engine, exc, f"the deadline ({timeout}s) passed during COMMIT")
     raise _final(
-        db,
+        engine,
         DatabaseUnavailable(
-            f"backend {db.name!r}: run_in_transaction reached its deadline ({timeout}s); "
+            f"backend {engine.name!r}: run_in_transaction reached its deadline ({timeout}s); "
             f"the transaction was rolled back"
         ),
         applied,
@@ -338,7 +338,7 @@ def _past_deadline(
 
 
 def _final(
-    db: Database,
+    engine: Engine,
     exc: BaseException,
     applied: BaseException | None,
     cause: BaseException | None = None,
@@ -347,4 +347,4 @@ def _final(
         exc.__cause__ = cause
     if applied is None or isinstance(exc, OutcomeUnknown):
         return exc
-    return _unknown(db, exc, f"an earlier attempt may have been applied ({describe(applied)})")
+    return _unknown(engine, exc, f"an earlier attempt may have been applied ({describe(applied)})")

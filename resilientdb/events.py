@@ -12,7 +12,6 @@ object, for ``on_error`` hooks that report to an error tracker, is excluded from
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import inspect
 import logging
 import time
@@ -21,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from ._states import State
+from ._tasks import Spawn, finish, spawn_unowned
 
 __all__ = [
     "Connected",
@@ -227,28 +227,20 @@ class EventBus:
         if self._queue is not None and self._handlers:
             self._queue.put_nowait(event)
 
-    def start(self) -> None:
+    def start(self, spawn: Spawn = spawn_unowned) -> None:
+        """Create the queue and its delivery task (with the supervisor's ``spawn``)."""
         self._queue = asyncio.Queue()
-        self._task = asyncio.create_task(self._deliver(self._queue), name="resilientdb-events")
+        self._task = spawn(self._deliver(self._queue), "resilientdb-events")
 
     async def aclose(self) -> None:
-        """Deliver what is queued, then stop."""
+        """Deliver what is queued (handlers get 5 s), then stop."""
         if self._queue is None or self._task is None:
             return
         self._queue.put_nowait(None)
-        task = self._task
-        self._queue = None
-        self._task = None
-        try:
-            # Shielded so that a slow handler gets its bounded chance to finish.
-            await asyncio.wait_for(asyncio.shield(task), timeout=5)
-        except TimeoutError:
-            logger.warning("event handlers did not finish within 5 s; dropping the rest")
-        finally:
-            if not task.done():
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        task, self._task, self._queue = self._task, None, None
+        await finish(task, grace=5.0)
+        if not task.done() or task.cancelled():
+            logger.warning("event handlers did not finish within 5 s; dropped the rest")
 
     async def _deliver(self, queue: asyncio.Queue[Event | None]) -> None:
         while (event := await queue.get()) is not None:

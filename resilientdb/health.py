@@ -28,7 +28,6 @@ an outage.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime
 import enum
 import time
@@ -36,6 +35,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from ._leases import Leases
 from ._monitor import Monitor
 from ._redact import describe
 from ._states import State
@@ -208,33 +208,35 @@ def _iso(ts: float) -> str:
     return datetime.datetime.fromtimestamp(ts, datetime.UTC).isoformat(timespec="milliseconds")
 
 
-async def check(monitors: Iterable[Monitor], timeout: float | None = None) -> HealthReport:
-    """Check every backend of ``monitors`` concurrently; each bounded by ``timeout``
+async def check(engines: Iterable[Leases], timeout: float | None = None) -> HealthReport:
+    """Check every backend of ``engines`` concurrently; each bounded by ``timeout``
     (``None``: the backend's ``health_timeout``). Never raises for a database problem."""
     if timeout is not None and not timeout > 0:
         raise ValueError(f"timeout must be a number of seconds > 0, not {timeout!r}")
     checked_at = time.time()
-    results = await asyncio.gather(*(check_backend(m, timeout) for m in monitors))
+    results = await asyncio.gather(*(check_backend(e, timeout) for e in engines))
     return HealthReport.of(results, checked_at)
 
 
-async def check_backend(monitor: Monitor, timeout: float | None = None) -> BackendHealth:
+async def check_backend(engine: Leases, timeout: float | None = None) -> BackendHealth:
     """One backend's health; see the module docstring for the rules."""
+    monitor = engine.monitor
     bound = monitor.options.health_timeout if timeout is None else timeout
-    state = monitor.state
-    pool = _pool_stats(monitor)
+    # Taken before the ping, so that the ping's own connection is not counted as in use.
+    st = monitor.statistics()
+    pool, state = st.pool, st.state
     facts: dict[str, Any] = {
-        "name": monitor.name,
+        "name": st.name,
         "driver": monitor.backend.dsn.backend,
         "state": state,
         "time_in_state": max(time.monotonic() - monitor.state_since, 0.0),
-        "pool_size": pool[0],
-        "idle": pool[1],
-        "in_use": pool[2],
-        "min_size": pool[3],
-        "max_size": pool[4],
-        "waiting": monitor.gate.waiting,
-        "reconnects": monitor.reconnects,
+        "pool_size": pool.size,
+        "idle": pool.idle,
+        "in_use": pool.in_use,
+        "min_size": pool.min_size,
+        "max_size": pool.max_size,
+        "waiting": st.waiting,
+        "reconnects": st.reconnects,
     }
     last = monitor.gate.last_error
     last_error = None if last is None else describe(last)
@@ -252,7 +254,7 @@ async def check_backend(monitor: Monitor, timeout: float | None = None) -> Backe
             last_error=last_error,
             output=f"not connected: {why}" + (f": {last_error}" if last_error else ""),
         )
-    status, latency, error, output = await _ping(monitor, bound)
+    status, latency, error, output = await _ping(engine, bound)
     # A failed ping may have just started a reconnect: show the state as it is now.
     facts["state"] = monitor.state
     facts["time_in_state"] = max(time.monotonic() - monitor.state_since, 0.0)
@@ -265,20 +267,15 @@ async def check_backend(monitor: Monitor, timeout: float | None = None) -> Backe
     )
 
 
-def _pool_stats(monitor: Monitor) -> tuple[int, int, int, int, int]:
-    # Taken before the ping, so that the ping's own connection is not counted as in use.
-    try:
-        s = monitor.backend.stats()
-    except Exception:
-        opts = monitor.options
-        return (0, 0, 0, opts.min_size, opts.max_size)
-    return (s.size, s.idle, s.in_use, s.min_size, s.max_size)
-
-
 async def _ping(
-    monitor: Monitor, bound: float
+    engine: Leases, bound: float
 ) -> tuple[HealthStatus, float | None, str | None, str | None]:
-    """``(status, latency, error, output)`` of one ``SELECT 1`` bounded by ``bound`` seconds."""
+    """``(status, latency, error, output)`` of one ``SELECT 1`` bounded by ``bound`` seconds.
+
+    Straight from the pool, not through the gate (the probe reports the state as it is, it
+    does not wait for it to change), with the engine's own rules for a failed statement and
+    for giving the connection back."""
+    monitor = engine.monitor
     loop = asyncio.get_running_loop()
     deadline = loop.time() + bound
     generation = monitor.generation
@@ -294,20 +291,16 @@ async def _ping(
                 await conn.fetchval(PING, timeout=max(deadline - loop.time(), 0.001))
                 latency = time.perf_counter() - started
             except BaseException as exc:
-                if isinstance(exc, Exception) and _lost(monitor, exc, conn):
-                    monitor.backend.discard(conn)
-                elif isinstance(exc, TimeoutError | asyncio.CancelledError):
-                    # No answer: the connection's state is unknown, it must not be reused.
-                    monitor.backend.discard(conn)
-                # Released in the background: the driver may wait for its cancel request.
+                if isinstance(exc, Exception):
+                    _safely(engine.classify_sent, exc, conn)  # a lost one is discarded
+                else:
+                    monitor.backend.discard(conn)  # cut off mid-statement: state unknown
+                # In the background: the driver may wait for its cancel request.
                 monitor.release_later(cm.__aexit__(type(exc), exc, exc.__traceback__))
                 raise
-            release = asyncio.ensure_future(cm.__aexit__(None, None, None))
-            monitor.release_later(release)
-        with contextlib.suppress(Exception):
-            # Waiting for the release keeps the pool's figures exact for whoever looks next;
-            # bounded by what is left of the check.
-            await asyncio.wait({release}, timeout=max(deadline - loop.time(), 0))
+        # Waited for (bounded by what is left of the check) so that the pool's figures are
+        # exact for whoever looks next.
+        await engine.release(cm, generation, "health", deadline)
         return HealthStatus.PASS, latency, None, None
     except TimeoutError as exc:
         if stage == "ping":
@@ -316,10 +309,10 @@ async def _ping(
             monitor.report_suspect(generation, exc, "health")
             output = f"SELECT 1 did not answer within {bound:g}s"
         else:
-            _, _, in_use, _, max_size = _pool_stats(monitor)
+            pool = monitor.statistics().pool
             output = (
-                f"no connection from the pool within {bound:g}s ({in_use} of {max_size} in "
-                f"use: pool exhausted, or the server is slow to accept)"
+                f"no connection from the pool within {bound:g}s ({pool.in_use} of "
+                f"{pool.max_size} in use: pool exhausted, or the server is slow to accept)"
             )
         return HealthStatus.WARN, None, None, output
     except Exception as exc:
@@ -335,18 +328,18 @@ async def _ping(
         return HealthStatus.FAIL, None, text, f"{stage} failed: {text}"
 
 
+def _safely(classify: Any, exc: Exception, conn: Any) -> None:
+    try:
+        classify(exc, conn)
+    except Exception:
+        return
+
+
 def _kind(monitor: Monitor, exc: BaseException) -> ErrorKind:
     try:
         return monitor.backend.classify(exc)
     except Exception:
         return ErrorKind.QUERY
-
-
-def _lost(monitor: Monitor, exc: Exception, conn: Any) -> bool:
-    try:
-        return monitor.backend.classify(exc, conn) is ErrorKind.CONNECTION
-    except Exception:
-        return False
 
 
 def _connect_lost(monitor: Monitor, exc: Exception) -> bool:

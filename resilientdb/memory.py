@@ -19,7 +19,6 @@ fails (an unreadable cgroup file, a reader that raises) is logged and the watchd
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import inspect
 import logging
@@ -32,6 +31,7 @@ import psutil
 
 from ._monitor import Monitor
 from ._states import State
+from ._tasks import Spawn, finish, spawn_unowned
 from .events import EventBus, MemoryPressure
 
 __all__ = ["MemoryWatchdog", "cgroup_memory_limit", "read_memory"]
@@ -153,18 +153,15 @@ class MemoryWatchdog:
         self._last_event = -float("inf")
         self._task: asyncio.Task[None] | None = None
 
-    def start(self) -> None:
-        """Start the sampling task (needs a running loop)."""
+    def start(self, spawn: Spawn = spawn_unowned) -> None:
+        """Start the sampling task (needs a running loop; the supervisor passes its ``spawn``)."""
         if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="resilientdb-memory-watchdog")
+            self._task = spawn(self._run(), "resilientdb-memory-watchdog")
 
     async def aclose(self) -> None:
         """Stop the sampling task; idempotent."""
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await finish(task)
 
     async def _run(self) -> None:
         while True:

@@ -24,35 +24,35 @@ from collections.abc import Mapping
 from typing import Any
 
 from ._monitor import Monitor
+from ._statistics import BackendStatistics
 
-__all__ = ["backend_stats", "snapshot"]
+__all__ = ["BackendStatistics", "as_dict", "backend_stats", "snapshot"]
 
 
-def backend_stats(monitor: Monitor, now: float | None = None) -> dict[str, Any]:
-    """One backend's figures now."""
-    now = time.monotonic() if now is None else now
-    pool = monitor.backend.stats()
-    in_state = dict(monitor.time_in_state)
-    in_state[monitor.state] += now - monitor.state_since
-    gate = monitor.gate
+def as_dict(st: BackendStatistics) -> dict[str, Any]:
+    """The documented dict form of one backend's statistics."""
+    pool, gate = st.pool, st.gate
     return {
-        "state": monitor.state.value,
+        "state": st.state.value,
         "db.client.connection.count": {"idle": pool.idle, "used": pool.in_use},
         "db.client.connection.max": pool.max_size,
         "db.client.connection.idle.min": pool.min_size,
         "db.client.connection.pending_requests": gate.waiting,
-        "db.client.connection.timeouts": monitor.timeouts,
-        # Filled in by the gate when it records its waits (wait_seconds / wait_count); a gate
-        # without them reports zero rather than failing the snapshot.
+        "db.client.connection.timeouts": st.timeouts,
         "db.client.connection.wait_time": {
-            "sum": round(float(getattr(gate, "wait_seconds", 0.0)), 6),
-            "count": int(getattr(gate, "wait_count", 0)),
+            "sum": round(gate.wait_seconds, 6),
+            "count": gate.wait_count,
         },
-        "reconnects": monitor.reconnects,
-        "replays": monitor.replays,
-        "outcome_unknown": monitor.outcome_unknown,
-        "time_in_state": {s.value: round(t, 6) for s, t in in_state.items()},
+        "reconnects": st.reconnects,
+        "replays": st.replays,
+        "outcome_unknown": st.outcome_unknown,
+        "time_in_state": {s.value: round(t, 6) for s, t in st.time_in_state.items()},
     }
+
+
+def backend_stats(monitor: Monitor, now: float | None = None) -> dict[str, Any]:
+    """One backend's figures now."""
+    return as_dict(monitor.statistics(now))
 
 
 def snapshot(monitors: Mapping[str, Monitor]) -> dict[str, dict[str, Any]]:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import datetime
 import sqlite3
-import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,10 +24,12 @@ import asyncpg
 import pytest
 from pymysql import err as myerr
 
+from harness.backends import DIALECTS
+from harness.polling import until_async
+from harness.servers import MariaDBServer, PostgresServer
 from resilientdb import Supervisor, events
 from resilientdb.config import parse_dsn, with_host
 from resilientdb.testing import FaultProxy
-from tests.servers import MariaDBServer, PostgresServer
 
 T = TypeVar("T")
 
@@ -49,20 +50,6 @@ class Recorder:
     async def settle(self) -> None:
         """Let the event bus deliver what is queued (it runs on a background task)."""
         await asyncio.sleep(0.2)
-
-
-async def until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.01)
-
-
-async def until_async(predicate: Callable[[], Awaitable[bool]], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not await predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.01)
 
 
 def via(proxy: FaultProxy, dsn: str) -> str:
@@ -219,12 +206,13 @@ class Target:
 
 def make_target(request: pytest.FixtureRequest, tmp_path: Path) -> Target:
     """The target for ``request.param`` (use in a fixture with params postgres/mysql/sqlite)."""
+    dialect = DIALECTS[request.param]
     if request.param == "postgres":
         pg: PostgresServer = request.getfixturevalue("pg")
-        return Target("postgres", pg.dsn(), "$1")
+        return Target(dialect.name, pg.dsn(), dialect.p(1))
     if request.param == "mysql":
         mariadb: MariaDBServer = request.getfixturevalue("mariadb")
-        return Target("mysql", mariadb.dsn(), "%s")
+        return Target(dialect.name, mariadb.dsn(), dialect.p(1))
     path = tmp_path / "audit.db"
     sqlite3.connect(path).close()
-    return Target("sqlite", f"sqlite:///{path}?timeout=1", "?")
+    return Target(dialect.name, f"sqlite:///{path}?timeout=1", dialect.p(1))

@@ -1,6 +1,6 @@
 """Shared fixtures.
 
-Database servers (see ``tests/servers.py``):
+Database servers (see ``harness/servers.py``):
 
 * ``pg_server`` / ``mariadb_server`` (session): one throwaway server per pytest session, started
   on first use and removed at session end. A missing binary skips the test, or fails it when
@@ -19,7 +19,7 @@ from collections.abc import Generator, Iterator
 
 import pytest
 
-from tests.servers import MariaDBServer, PostgresServer, require
+from harness.servers import MariaDBServer, PostgresServer, require
 
 # Fixtures (directly or through other fixtures) that imply the marker.
 _MARKER_FIXTURES = {

@@ -11,10 +11,15 @@ from typing import Any
 
 import pytest
 
+from harness.polling import until
+from harness.servers import MariaDBServer, PostgresServer
 from resilientdb import DatabaseUnavailable, Supervisor
 from resilientdb.testing import FaultProxy
-from tests.audit_support import outcome_of, settle_task, until, via
-from tests.servers import MariaDBServer, PostgresServer
+from tests.audit_support import (
+    outcome_of,
+    settle_task,
+    via,
+)
 
 NETWORK_BACKENDS = ["postgres", "mysql"]
 
@@ -125,7 +130,7 @@ async def test_cancelled_call_in_a_partition_returns_promptly(
                 assert task.cancelled()
             else:
                 assert isinstance(task.exception(), TimeoutError)
-            await until(lambda: db._backend.stats().in_use == 0, timeout=5)  # nothing leaked
+            await until(lambda: db.statistics().pool.in_use == 0, timeout=5)  # nothing leaked
             assert await db.fetchval("SELECT 1", timeout=10) == 1
 
 

@@ -18,6 +18,7 @@ from typing import Any
 import asyncpg
 import pytest
 
+from harness.servers import MariaDBServer, PostgresServer
 from resilientdb import (
     Backoff,
     DatabaseUnavailable,
@@ -43,7 +44,6 @@ from tests.audit_support import (
     prepare_hot_mysql,
     via,
 )
-from tests.servers import MariaDBServer, PostgresServer
 
 
 @pytest.fixture
@@ -139,7 +139,7 @@ async def test_pg_read_only_select_is_replayed_after_lost_reply(
 
         task = await cut_reply(pg_proxy, sup.db.fetchval(query), executed)
         assert await asyncio.wait_for(task, 10) == expected
-        assert sup.db._monitor.replays >= 1  # the reply really was lost
+        assert sup.db.statistics().replays >= 1  # the reply really was lost
 
 
 async def test_mysql_select_of_a_writing_function_is_outcome_unknown(
@@ -201,7 +201,7 @@ async def test_unencodable_text_is_raised_without_reconnecting(
         db = sup.db
         await db.execute("DROP TABLE IF EXISTS enc", idempotent=True)
         await db.execute("CREATE TABLE enc (t text)", idempotent=True)
-        reconnects = db._monitor.reconnects
+        reconnects = db.statistics().reconnects
         for _ in range(5):
             with pytest.raises(Exception) as info:
                 await getattr(db, op)(query, *args)
@@ -209,8 +209,8 @@ async def test_unencodable_text_is_raised_without_reconnecting(
             assert not isinstance(error, ResilientDBError), repr(error)
             assert any(isinstance(e, UnicodeEncodeError) for e in chain(error)), repr(error)
         await rec.settle()
-        assert db._monitor.replays == 0  # one attempt each
-        assert db._monitor.reconnects == reconnects
+        assert db.statistics().replays == 0  # one attempt each
+        assert db.statistics().reconnects == reconnects
         assert rec.of(*OUTAGE_EVENTS) == []
         assert db.state is State.CONNECTED
         assert await db.fetchval("SELECT COUNT(*) FROM enc") == 0

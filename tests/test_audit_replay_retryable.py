@@ -16,6 +16,8 @@ import asyncpg
 import pytest
 from pymysql import err as myerr
 
+from harness.polling import until_async
+from harness.servers import MariaDBServer, PostgresServer
 from resilientdb import OutcomeUnknown, Supervisor, events
 from tests.audit_support import (
     chain,
@@ -28,9 +30,7 @@ from tests.audit_support import (
     pg_admin,
     pg_connect,
     prepare_hot_mysql,
-    until_async,
 )
-from tests.servers import MariaDBServer, PostgresServer
 
 
 async def lock_wait_1s(raw: Any) -> None:
@@ -108,7 +108,7 @@ async def test_mysql_single_statement_lock_timeout_is_replayed_once_released(
             release = asyncio.create_task(release_later())
             assert await sup.db.execute("UPDATE hot SET v = v + 1 WHERE id = 1", timeout=5) == 1
             await asyncio.wait_for(release, 5)
-            assert sup.db._monitor.replays == 1 and len(replays) == 1
+            assert sup.db.statistics().replays == 1 and len(replays) == 1
             assert replays[0].reason == "OperationalError"  # the 1205, replayed once
     finally:
         holder.close()
@@ -130,7 +130,7 @@ async def test_mysql_single_statement_lock_timeout_not_idempotent_raises_1205(
                 await sup.db.execute("UPDATE hot SET v = v + 1 WHERE id = 1", idempotent=False)
             assert info.value.args[0] == 1205
             assert loop.time() - started < 1.8  # one lock wait, not four
-            assert sup.db._monitor.replays == 0
+            assert sup.db.statistics().replays == 0
     finally:
         holder.close()
     assert await hot_value(mariadb, 1) == 0

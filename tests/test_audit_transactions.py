@@ -24,6 +24,8 @@ import asyncpg
 import pytest
 from pymysql import err as myerr
 
+from harness.polling import until_async
+from harness.servers import MariaDBServer, PostgresServer
 from resilientdb import (
     DatabaseUnavailable,
     OutcomeUnknown,
@@ -44,9 +46,7 @@ from tests.audit_support import (
     outcome_of,
     pg_admin,
     settle_task,
-    until_async,
 )
-from tests.servers import MariaDBServer, PostgresServer
 
 
 @pytest.fixture(params=["postgres", "mysql", "sqlite"])
@@ -256,7 +256,7 @@ async def test_handle_used_after_its_block_is_closed(target: Target) -> None:
         await fresh_table(db, "closed_log")
         async with db.transaction() as stale:
             await stale.execute(target.sql("INSERT INTO closed_log VALUES ({p})"), "inside")
-        reconnects = db._monitor.reconnects
+        reconnects = db.statistics().reconnects
         with pytest.raises(RuntimeError, match="roll back"):
             async with db.transaction() as other:
                 await other.execute(target.sql("INSERT INTO closed_log VALUES ({p})"), "other")
@@ -271,7 +271,7 @@ async def test_handle_used_after_its_block_is_closed(target: Target) -> None:
                 raise RuntimeError("roll back the other caller's transaction")
         assert await ids(db, "closed_log") == ["inside"]
         await rec.settle()
-        assert db._monitor.reconnects == reconnects
+        assert db.statistics().reconnects == reconnects
         assert rec.of(*OUTAGE_EVENTS) == []
         assert db.state is State.CONNECTED
 

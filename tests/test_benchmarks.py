@@ -1,8 +1,9 @@
 """Smoke test: every benchmark runs end to end in its tiny ``--quick`` mode.
 
-Each module's ``main`` runs as ``python -m benchmarks.NAME --quick`` would (its own throwaway
-servers, fault proxy, result files and plots, written to a temporary directory so the
-committed results are untouched), and RESULTS.md is rendered from what it wrote. Figures
+Each module runs as ``python -m benchmarks.NAME --quick --out DIR`` in a subprocess (its own
+throwaway servers, fault proxy, result files and plots, written to a temporary directory so
+the committed results are untouched), and RESULTS.md is rendered from what it wrote by
+``python -m benchmarks.report``. The tests never import the benchmarks. Figures
 from a run this short mean nothing; the checks are about shape and about correctness
 properties that hold whatever the timing (no write lost or duplicated, no call left failing,
 no task left behind).
@@ -11,13 +12,25 @@ no task left behind).
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from benchmarks import memory, outages, overhead, report, storm
-from tests.servers import MariaDBServer, PostgresServer, require
+from harness.servers import MariaDBServer, PostgresServer, require
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# The outage benchmark's contenders (benchmarks/outages.py, LIBRARIES).
+OUTAGE_LIBRARIES = {
+    "resilientdb",
+    "resilientdb, idempotent writes",
+    "asyncpg pool",
+    "SQLAlchemy pre-ping",
+    "psycopg_pool check",
+}
 
 
 @pytest.fixture(scope="module")
@@ -25,14 +38,27 @@ def out(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("bench")
 
 
-def _run(module: Any, out: Path, name: str) -> dict[str, Any]:
-    assert module.main(["--quick", "--out", str(out)]) == 0
+def _module(name: str, *args: str) -> None:
+    """``python -m benchmarks.NAME ARGS`` from the repository root; it must exit 0."""
+    proc = subprocess.run(
+        [sys.executable, "-m", f"benchmarks.{name}", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=110,
+    )
+    assert proc.returncode == 0, f"benchmarks.{name} exited {proc.returncode}:\n{proc.stderr}"
+
+
+def _run(out: Path, name: str) -> dict[str, Any]:
+    _module(name, "--quick", "--out", str(out))
     data: dict[str, Any] = json.loads((out / f"{name}.json").read_text())
     return data
 
 
 def _rendered(out: Path, heading: str) -> str:
-    text = report.write(out).read_text()
+    _module("report", "--out", str(out))
+    text = (out / "RESULTS.md").read_text()
     assert heading in text
     return text
 
@@ -40,7 +66,7 @@ def _rendered(out: Path, heading: str) -> str:
 def test_overhead_quick(out: Path) -> None:
     require(PostgresServer.BINARIES, "PostgreSQL")
     require(MariaDBServer.BINARIES, "MariaDB")
-    data = _run(overhead, out, "overhead")
+    data = _run(out, "overhead")
     for backend in ("postgres", "mariadb", "sqlite"):
         cases = [v for v in data[backend].values() if "time_ratio" in v]
         assert len(cases) == 4  # two queries at two concurrencies
@@ -62,10 +88,10 @@ def test_overhead_quick(out: Path) -> None:
 
 def test_outages_quick(out: Path) -> None:
     require(PostgresServer.BINARIES, "PostgreSQL")
-    data = _run(outages, out, "outages")
+    data = _run(out, "outages")
     assert set(data["scenarios"]) == {"restart", "blackhole", "reset"}
     for scenario in data["scenarios"].values():
-        assert set(scenario) == set(outages.LIBRARIES)
+        assert set(scenario) == OUTAGE_LIBRARIES
         mine = scenario["resilientdb"]
         # Whatever the timing: nothing acknowledged is missing, nothing is stored twice.
         assert mine["lost"] == 0
@@ -77,7 +103,7 @@ def test_outages_quick(out: Path) -> None:
 
 def test_storm_quick(out: Path) -> None:
     require(PostgresServer.BINARIES, "PostgreSQL")
-    data = _run(storm, out, "storm")
+    data = _run(out, "storm")
     for shape in ("callers", "fleet"):
         for r in data["shapes"][shape].values():
             assert r["caller_errors"] == {}
@@ -88,7 +114,7 @@ def test_storm_quick(out: Path) -> None:
 
 
 def test_memory_quick(out: Path) -> None:
-    data = _run(memory, out, "memory")
+    data = _run(out, "memory")
     waiters = data["waiters"]
     assert waiters["failed_calls"] == 0
     assert waiters["tasks_waiting"] >= waiters["callers"]

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.servers import SECURE_PASSWORD, SECURE_USER, MariaDBServer, PostgresServer, free_port
+from harness.servers import SECURE_PASSWORD, SECURE_USER, MariaDBServer, PostgresServer, free_port
 
 CLI = [sys.executable, "-m", "resilientdb.cli"]
 WRONG_PASSWORD = "not-the-pw-42"

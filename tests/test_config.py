@@ -67,9 +67,9 @@ def test_per_backend_overrides_are_validated_too() -> None:
         max_size=7,
         gate_timeout=2,
     )
-    assert sup["a"]._options.max_size == 7
-    assert sup["b"]._options.max_size == 3
-    assert sup["b"]._options.gate_timeout == 2  # inherited from the supervisor
+    assert sup["a"].options.max_size == 7
+    assert sup["b"].options.max_size == 3
+    assert sup["b"].options.gate_timeout == 2  # inherited from the supervisor
 
 
 def test_missing_driver_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -25,7 +25,7 @@ MY = "mysql://app@db/app"
 
 def test_override_is_checked_against_the_merged_options() -> None:
     sup = Supervisor({"x": BackendConfig(PG, min_size=20)}, max_size=50)
-    assert (sup["x"]._options.min_size, sup["x"]._options.max_size) == (20, 50)
+    assert (sup["x"].options.min_size, sup["x"].options.max_size) == (20, 50)
 
 
 def test_backend_config_alone_checks_each_value_not_the_defaults() -> None:
@@ -41,7 +41,7 @@ def test_cross_field_conflict_names_the_backend() -> None:
 
 def test_supervisor_wide_conflict_resolved_by_every_backend_is_fine() -> None:
     sup = Supervisor({"x": BackendConfig(PG, max_size=50)}, min_size=20)
-    assert sup["x"]._options.min_size == 20
+    assert sup["x"].options.min_size == 20
     with pytest.raises(ConfigurationError, match=r"^backend 'a': min_size \(20\)"):
         Supervisor({"a": PG, "b": BackendConfig(PG, max_size=50)}, min_size=20)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.servers import PostgresServer, free_port
+from harness.servers import PostgresServer, free_port
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 

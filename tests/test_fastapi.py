@@ -18,6 +18,7 @@ import uvicorn
 from fastapi import Depends, FastAPI
 
 import resilientdb.testing.fake  # noqa: F401  (registers fake://)
+from harness.servers import PostgresServer
 from resilientdb import Backoff, ConfigurationError, Database, State, Supervisor
 from resilientdb.integrations.fastapi import (
     HEALTH_JSON,
@@ -27,7 +28,7 @@ from resilientdb.integrations.fastapi import (
     lifespan,
 )
 from resilientdb.testing.fake import FakeBackend
-from tests.servers import PostgresServer
+from tests.handles import adapter, supervised
 
 FAST = Backoff(initial=0.005, maximum=0.02, jitter=0.0)
 
@@ -79,7 +80,7 @@ def summary(response: httpx.Response) -> tuple[int, str]:
 
 
 async def test_readiness_follows_a_database_outage(pg: PostgresServer) -> None:
-    sup = Supervisor(
+    sup = supervised(
         pg.dsn(),
         backoff=Backoff(initial=0.05, maximum=0.2),
         health_timeout=1.0,
@@ -129,7 +130,7 @@ async def test_readiness_follows_a_database_outage(pg: PostgresServer) -> None:
 async def test_readiness_with_an_exhausted_pool_answers_within_its_timeout(
     pg: PostgresServer,
 ) -> None:
-    sup = Supervisor(pg.dsn(), min_size=1, max_size=1, acquire_timeout=30, memory_watchdog=False)
+    sup = supervised(pg.dsn(), min_size=1, max_size=1, acquire_timeout=30, memory_watchdog=False)
     app = FastAPI(lifespan=lifespan(sup))
     app.include_router(health_router(timeout=0.5))
     app.include_router(health_router(timeout=0.5, ready_on_warn=True, prefix="/lenient"))
@@ -156,10 +157,10 @@ async def test_readiness_with_an_exhausted_pool_answers_within_its_timeout(
 
 
 def two_backends() -> tuple[Supervisor, FakeBackend]:
-    sup = Supervisor(
+    sup = supervised(
         {"main": "fake://main", "cache": "fake://cache"}, backoff=FAST, memory_watchdog=False
     )
-    cache = sup["cache"]._backend
+    cache = adapter(sup, "cache")
     assert isinstance(cache, FakeBackend)
     return sup, cache
 
@@ -174,8 +175,8 @@ async def test_live_never_touches_the_database() -> None:
         assert r.headers["content-type"] == HEALTH_JSON
         assert r.headers["cache-control"] == "no-store"
         assert summary(await client.get("/health/ready")) == (503, "fail")
-    for db in sup.databases.values():
-        backend = db._backend
+    for name in sup:
+        backend = adapter(sup, name)
         assert isinstance(backend, FakeBackend)
         assert backend.opens == 0 and backend.acquired == 0
 

@@ -12,10 +12,12 @@ from typing import Any
 import pytest
 
 import resilientdb.testing.fake  # noqa: F401  (registers fake://)
+from harness.polling import until
+from harness.servers import SECURE_PASSWORD, SECURE_USER, PostgresServer
 from resilientdb import Backoff, ConfigurationError, State, Supervisor
 from resilientdb.health import HealthReport, HealthStatus
 from resilientdb.testing.fake import FakeBackend
-from tests.servers import SECURE_PASSWORD, SECURE_USER, PostgresServer
+from tests.handles import adapter, supervised
 
 FAST = Backoff(initial=0.005, maximum=0.02, jitter=0.0)
 SLOW = Backoff(initial=30.0, maximum=30.0, jitter=0.0)  # no second attempt within a test
@@ -25,17 +27,10 @@ def make(dsn: Any = "fake://db", **options: Any) -> tuple[Supervisor, FakeBacken
     options.setdefault("backoff", FAST)
     options.setdefault("failed_probe_interval", 0.05)
     options.setdefault("memory_watchdog", False)
-    sup = Supervisor(dsn, **options)
-    backend = sup.db._backend
+    sup = supervised(dsn, **options)
+    backend = adapter(sup)
     assert isinstance(backend, FakeBackend)
     return sup, backend
-
-
-async def until(predicate: Any, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.005)
 
 
 def check_of(report: HealthReport, key: str) -> dict[str, Any]:
@@ -141,7 +136,7 @@ async def test_reconnecting_reports_waiters_and_the_cause() -> None:
     backend.up = False
     async with sup:
         call = asyncio.create_task(sup.db.fetchval("SELECT 1"))
-        await until(lambda: sup.db._gate.waiting == 1)
+        await until(lambda: sup.db.statistics().waiting == 1)
         report = await sup.health()
         b = report.backends["default"]
         assert report.status is HealthStatus.FAIL and b.state is State.RECONNECTING
@@ -185,10 +180,10 @@ async def test_unexpected_error_in_the_ping_is_fail_not_an_exception(
 
 
 async def test_backends_checked_concurrently_and_readiness_judges_required_ones() -> None:
-    sup = Supervisor(
+    sup = supervised(
         {"main": "fake://main", "cache": "fake://cache"}, backoff=FAST, memory_watchdog=False
     )
-    cache = sup["cache"]._backend
+    cache = adapter(sup, "cache")
     assert isinstance(cache, FakeBackend)
     async with sup:
         cache.delay = 30.0
@@ -228,7 +223,7 @@ async def test_no_secret_in_a_report_of_a_fake_outage() -> None:
 
 async def test_health_timeout_option_and_argument_are_validated() -> None:
     with pytest.raises(ConfigurationError, match="health_timeout"):
-        Supervisor("fake://db", health_timeout=0)
+        supervised("fake://db", health_timeout=0)
     sup, _ = make()
     with pytest.raises(ValueError, match="timeout"):
         await sup.health(timeout=-1)
@@ -236,7 +231,7 @@ async def test_health_timeout_option_and_argument_are_validated() -> None:
 
 async def test_real_postgres_pass_then_fail_without_secrets(pg: PostgresServer) -> None:
     dsn = pg.dsn(user=SECURE_USER, password=SECURE_PASSWORD)
-    sup = Supervisor(dsn, min_size=1, max_size=3, backoff=SLOW, memory_watchdog=False)
+    sup = supervised(dsn, min_size=1, max_size=3, backoff=SLOW, memory_watchdog=False)
     try:
         async with sup:
             report = await sup.health(timeout=2)

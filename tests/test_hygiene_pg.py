@@ -6,10 +6,10 @@ import asyncio
 import socket
 import time
 
+from harness.servers import PostgresServer
 from resilientdb import State, Supervisor
 from resilientdb.config import parse_dsn, with_host
 from resilientdb.testing import FaultProxy
-from tests.servers import PostgresServer
 
 COUNT_APP = "SELECT count(*) FROM pg_stat_activity WHERE usename = 'app'"
 PIDS_APP = (
@@ -72,7 +72,7 @@ async def test_keepalive_replaces_connection_killed_while_idle(pg: PostgresServe
             await asyncio.sleep(0.1)
         # Replaced by the keepalive's top-up, before any call was made.
         assert len(now) == 2 and not now & before, (before, now)
-        assert sup.db._backend.stats().size == 2
+        assert sup.db.statistics().pool.size == 2
         assert await sup.db.fetchval("SELECT 1") == 1
 
 

@@ -7,6 +7,8 @@ import gc
 import logging
 import time
 from collections import deque
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -14,10 +16,15 @@ import psutil
 import pytest
 
 import resilientdb.testing.fake  # noqa: F401  (registers fake://)
-from resilientdb import Backoff, ConfigurationError, Supervisor, events
+from harness.polling import until
+from harness.servers import PostgresServer
+from resilientdb import Backoff, ConfigurationError, Options, Supervisor, events
+from resilientdb._monitor import Monitor
+from resilientdb.config import parse_dsn
+from resilientdb.events import EventBus
 from resilientdb.memory import MemoryWatchdog, cgroup_memory_limit, read_memory
 from resilientdb.testing.fake import FakeBackend
-from tests.servers import PostgresServer
+from tests.handles import adapter, supervised
 
 FAST = Backoff(initial=0.005, maximum=0.02, jitter=0.0)
 WATCHDOG = "resilientdb-memory-watchdog"
@@ -38,11 +45,19 @@ class Reader:
         return self.last
 
 
-async def until(predicate: Any, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.005)
+@asynccontextmanager
+async def monitored() -> AsyncIterator[tuple[Monitor, EventBus, FakeBackend]]:
+    """A fake backend under its own monitor (the watchdog's unit of work), started."""
+    options = Options.build(backoff=FAST, memory_watchdog=False)
+    backend = FakeBackend(parse_dsn("fake://db"), options)
+    bus = EventBus()
+    monitor = Monitor("default", backend, options, bus)
+    monitor.start()
+    await monitor.wait_first_attempt(1.0)
+    try:
+        yield monitor, bus, backend
+    finally:
+        await monitor.aclose()
 
 
 def task_names() -> set[str]:
@@ -50,15 +65,12 @@ def task_names() -> set[str]:
 
 
 async def test_crossing_the_threshold_collects_trims_and_emits() -> None:
-    sup = Supervisor("fake://db", backoff=FAST, memory_watchdog=False)
-    backend = sup.db._backend
-    assert isinstance(backend, FakeBackend)
     collected: list[int] = []
     reader = Reader((50, 100), (90, 100), (95, 100), (10, 100), (86, 100))
-    async with sup:
+    async with monitored() as (monitor, bus, backend):
         dog = MemoryWatchdog(
-            [sup.db._monitor],
-            sup._bus,
+            [monitor],
+            bus,
             threshold=0.85,
             reader=reader,
             collect=lambda: collected.append(1),
@@ -85,20 +97,20 @@ async def test_crossing_the_threshold_collects_trims_and_emits() -> None:
 
 
 async def test_actions_are_configurable_and_trimming_needs_a_connected_backend() -> None:
-    sup = Supervisor("fake://db", backoff=FAST, memory_watchdog=False)
-    backend = sup.db._backend
-    assert isinstance(backend, FakeBackend)
+    options = Options.build(backoff=FAST, memory_watchdog=False)
+    backend = FakeBackend(parse_dsn("fake://db"), options)
+    monitor, bus = Monitor("default", backend, options, EventBus()), EventBus()
     collected: list[int] = []
     dog = MemoryWatchdog(
-        [sup.db._monitor],
-        sup._bus,
+        [monitor],
+        bus,
         actions=frozenset(),
         reader=Reader((99, 100)),
         collect=lambda: collected.append(1),
     )
     event = await dog.check()  # not started: the backend is closed, nothing to trim anyway
     assert event is not None and (collected, backend.trims) == ([], 0)
-    dog = MemoryWatchdog([sup.db._monitor], sup._bus, actions={"trim"}, reader=Reader((99, 100)))
+    dog = MemoryWatchdog([monitor], bus, actions={"trim"}, reader=Reader((99, 100)))
     await dog.check()
     assert backend.trims == 0  # only a connected backend is trimmed
 
@@ -123,14 +135,14 @@ async def test_supervisor_runs_the_watchdog_task_and_delivers_the_event(
             raise OSError("cgroup file vanished")  # the watchdog must survive this
         return (900, 1000)
 
-    sup = Supervisor(
+    sup = supervised(
         "fake://db",
         backoff=FAST,
         memory_interval=0.01,
         memory_threshold=0.5,
         memory_reader=flaky_reader,
     )
-    backend = sup.db._backend
+    backend = adapter(sup)
     assert isinstance(backend, FakeBackend)
     backend.trimmable = 2
     seen: list[events.MemoryPressure] = []
@@ -139,7 +151,8 @@ async def test_supervisor_runs_the_watchdog_task_and_delivers_the_event(
         async with sup:
             assert WATCHDOG in task_names()
             await until(lambda: seen)
-            assert sup._watchdog is not None and sup._watchdog.samples >= 1
+            dog = sup.memory_watchdog
+            assert dog is not None and dog.samples >= 1
         assert WATCHDOG not in task_names()
     [event] = seen[:1]
     assert (event.rss, event.limit, event.ratio, event.threshold) == (900, 1000, 0.9, 0.5)
@@ -153,7 +166,7 @@ async def test_off_switch() -> None:
     sup = Supervisor("fake://db", backoff=FAST, memory_watchdog=False, memory_interval=0.01)
     async with sup:
         await asyncio.sleep(0.03)
-        assert WATCHDOG not in task_names() and sup._watchdog is None
+        assert WATCHDOG not in task_names() and sup.memory_watchdog is None
 
 
 def test_options_are_validated() -> None:
@@ -170,7 +183,7 @@ def test_options_are_validated() -> None:
         with pytest.raises(ConfigurationError, match=next(iter(bad))):
             Supervisor("fake://db", **bad)
     ok = Supervisor("fake://db", memory_actions=["gc"], memory_threshold=1)
-    assert ok.db._options.memory_actions == frozenset({"gc"})
+    assert ok.db.options.memory_actions == frozenset({"gc"})
 
 
 def test_one_real_psutil_read() -> None:
@@ -226,9 +239,11 @@ def test_cgroup_missing_or_garbage_files_mean_no_limit(tmp_path: Path) -> None:
 
 
 async def test_postgres_trims_idle_connections_down_to_min_size(pg: PostgresServer) -> None:
-    sup = Supervisor(pg.dsn(), min_size=1, max_size=4, memory_watchdog=False)
+    sup = supervised(
+        pg.dsn(), min_size=1, max_size=4, memory_interval=3600, memory_reader=Reader((99, 100))
+    )
     async with sup:
-        backend = sup.db._backend
+        backend = adapter(sup)
         held = [sup.db.acquire() for _ in range(4)]
         for cm in held:
             await cm.__aenter__()
@@ -239,7 +254,8 @@ async def test_postgres_trims_idle_connections_down_to_min_size(pg: PostgresServ
         for cm in held[1:]:
             await cm.__aexit__(None, None, None)
         assert backend.stats().idle == 3
-        dog = MemoryWatchdog([sup.db._monitor], sup._bus, reader=Reader((99, 100)))
+        dog = sup.memory_watchdog
+        assert dog is not None
         event = await dog.check()
         assert event is not None and event.trimmed == 2
         stats = backend.stats()

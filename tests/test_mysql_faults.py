@@ -12,6 +12,8 @@ import aiomysql
 import pytest
 from pymysql import err as myerr
 
+from harness.polling import until
+from harness.servers import SECURE_PASSWORD, SECURE_USER, MariaDBServer
 from resilientdb import (
     Backoff,
     DatabaseUnavailable,
@@ -23,7 +25,7 @@ from resilientdb import (
 from resilientdb.backends.mysql import MySQLBackend
 from resilientdb.config import parse_dsn, with_host
 from resilientdb.testing import FaultProxy
-from tests.servers import SECURE_PASSWORD, SECURE_USER, MariaDBServer
+from tests.handles import adapter, supervised
 
 APP_THREADS = "SELECT COUNT(*) FROM information_schema.processlist WHERE user = 'app'"
 SLOW_RUNNING = (
@@ -43,7 +45,7 @@ def via(proxy: FaultProxy, dsn: str) -> str:
 
 
 def pool(sup: Supervisor) -> MySQLBackend:
-    backend = sup.db._backend
+    backend = adapter(sup)
     assert isinstance(backend, MySQLBackend)
     return backend
 
@@ -60,13 +62,6 @@ class Recorder:
         return [e.new.value for e in self.of(events.StateChanged)]
 
 
-async def until(predicate: Any, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.01)
-
-
 async def admin(server: MariaDBServer, sql: str, database: str | None = None) -> str:
     return await asyncio.to_thread(server.admin_query, sql, database)
 
@@ -76,7 +71,7 @@ async def test_rows_and_statuses(mariadb: MariaDBServer) -> None:
     await admin(
         mariadb, "DROP TABLE IF EXISTS shape; CREATE TABLE shape (id int, name text)", "app"
     )
-    async with Supervisor(mariadb.dsn()) as sup:
+    async with supervised(mariadb.dsn()) as sup:
         db = sup.db
         assert await db.executemany("INSERT INTO shape VALUES (%s, %s)", [(1, "a"), (2, "b")]) == 2
         assert await db.execute("UPDATE shape SET name = %s WHERE id > %s", "z", 1) == 1
@@ -98,7 +93,7 @@ async def test_rows_and_statuses(mariadb: MariaDBServer) -> None:
 
 async def test_pool_retires_generation_and_bounds_acquire(mariadb: MariaDBServer) -> None:
     """refresh() retires live connections too (in use: on release); acquire is bounded."""
-    async with Supervisor(mariadb.dsn(), min_size=2, max_size=2) as sup:
+    async with supervised(mariadb.dsn(), min_size=2, max_size=2) as sup:
         backend = pool(sup)
         async with sup.db.acquire() as held:
             await backend.refresh()
@@ -117,7 +112,7 @@ async def test_pool_retires_generation_and_bounds_acquire(mariadb: MariaDBServer
 
 async def test_command_timeout_bounds_calls_without_timeout(mariadb: MariaDBServer) -> None:
     """A call with no timeout= is still bounded, by the backend's command_timeout."""
-    async with Supervisor(mariadb.dsn(), command_timeout=0.3) as sup:
+    async with supervised(mariadb.dsn(), command_timeout=0.3) as sup:
         started = time.monotonic()
         with pytest.raises(OutcomeUnknown) as info:
             await sup.db.execute("DO SLEEP(3)")
@@ -129,7 +124,7 @@ async def test_command_timeout_bounds_calls_without_timeout(mariadb: MariaDBServ
 async def test_transactions(mariadb: MariaDBServer) -> None:
     """db.transaction() on MariaDB: commit, rollback, read-only, isolation, pooled after."""
     await _prepare_ledger(mariadb)
-    async with Supervisor(mariadb.dsn(), min_size=1, max_size=1) as sup:
+    async with supervised(mariadb.dsn(), min_size=1, max_size=1) as sup:
         db = sup.db
         async with db.transaction() as tx:
             await tx.execute("INSERT INTO ledger VALUES (%s)", "t-1")
@@ -163,7 +158,7 @@ async def test_transactions(mariadb: MariaDBServer) -> None:
 
 async def test_keepalive_trim_and_lifetime(mariadb: MariaDBServer, proxy: FaultProxy) -> None:
     """maintain() finds idle connections killed or cut off; trim_idle; max_lifetime."""
-    sup = Supervisor(
+    sup = supervised(
         via(proxy, mariadb.dsn()),
         min_size=2,
         max_size=3,
@@ -189,7 +184,7 @@ async def test_keepalive_trim_and_lifetime(mariadb: MariaDBServer, proxy: FaultP
         assert await backend.maintain() == 2
         assert time.monotonic() - started < 2 and backend.stats().size == 0
         proxy.pass_through()
-    sup = Supervisor(mariadb.dsn(), min_size=1, max_size=1, max_lifetime=0.3, lifetime_jitter=0)
+    sup = supervised(mariadb.dsn(), min_size=1, max_size=1, max_lifetime=0.3, lifetime_jitter=0)
     async with sup:
         first = await sup.db.fetchval("SELECT CONNECTION_ID()")
         await asyncio.sleep(0.5)  # the monitor's maintenance retires it meanwhile
@@ -209,7 +204,7 @@ async def test_readers_ride_out_restart_and_reset(
         async with raw.cursor() as cur:
             await cur.execute("SET @tag = 'hooked'")
 
-    sup = Supervisor(via(proxy, mariadb.dsn()), max_size=10, on_connect=on_connect)
+    sup = supervised(via(proxy, mariadb.dsn()), max_size=10, on_connect=on_connect)
     rec = Recorder(sup)
     errors: list[BaseException] = []
     tags: set[Any] = set()
@@ -234,7 +229,7 @@ async def test_readers_ride_out_restart_and_reset(
         assert mariadb.pid != old_pid  # the server really restarted
         mark = done
         await until(lambda: done > mark + 200)
-        assert sup.db._monitor.reconnects >= 1
+        assert sup.db.statistics().reconnects >= 1
         assert hooks > hooks_before  # on_connect ran on the new generation
         # Readers between calls leave idle connections, which the pool replaces silently; a
         # query in flight when every connection is reset must be seen failing and replayed.
@@ -242,7 +237,7 @@ async def test_readers_ride_out_restart_and_reset(
         deadline = time.monotonic() + 10
         while await admin(mariadb, SLOW_RUNNING) != "1":
             assert time.monotonic() < deadline, "the slow query never started"
-        reconnects = sup.db._monitor.reconnects
+        reconnects = sup.db.statistics().reconnects
         resets = proxy.reset()
         assert resets >= 1 and proxy.stats.resets >= resets
         assert await slow == "hooked"
@@ -252,7 +247,7 @@ async def test_readers_ride_out_restart_and_reset(
         await asyncio.gather(*readers)
         assert sup.state is State.CONNECTED
         # Connections reset while the server is up are replaced one by one: no outage.
-        assert sup.db._monitor.reconnects == reconnects
+        assert sup.db.statistics().reconnects == reconnects
     assert errors == []
     assert tags == {"hooked"}  # every connection ran on_connect before serving a call
     states = rec.states()
@@ -273,7 +268,7 @@ async def _prepare_ledger(server: MariaDBServer) -> None:
 async def test_killed_connection_during_insert_is_outcome_unknown(mariadb: MariaDBServer) -> None:
     """KILL of the app's connection mid-INSERT: OutcomeUnknown, never replayed."""
     await _prepare_ledger(mariadb)
-    async with Supervisor(mariadb.dsn(), max_size=2) as sup:
+    async with supervised(mariadb.dsn(), max_size=2) as sup:
         insert = asyncio.create_task(
             sup.db.execute("INSERT INTO ledger SELECT %s FROM (SELECT SLEEP(0.5)) x", "op-1")
         )
@@ -289,14 +284,14 @@ async def test_killed_connection_during_insert_is_outcome_unknown(mariadb: Maria
             await insert
         cause = info.value.__cause__
         assert isinstance(cause, myerr.OperationalError) and cause.args[0] in (2013, 1927)
-        assert sup.db._monitor.outcome_unknown == 1
+        assert sup.db.statistics().outcome_unknown == 1
         assert await sup.db.fetchval("SELECT COUNT(*) FROM ledger WHERE id = 'op-1'") <= 1
 
 
 async def test_killed_idle_connection_is_replaced_before_writing(mariadb: MariaDBServer) -> None:
     """KILL of idle connections: the next write goes through exactly once, unreplayed."""
     await _prepare_ledger(mariadb)
-    async with Supervisor(mariadb.dsn(), min_size=2, max_size=2) as sup:
+    async with supervised(mariadb.dsn(), min_size=2, max_size=2) as sup:
         before = await sup.db.fetchval("SELECT CONNECTION_ID()")
         ids = (
             await admin(mariadb, "SELECT id FROM information_schema.processlist WHERE user = 'app'")
@@ -307,15 +302,15 @@ async def test_killed_idle_connection_is_replaced_before_writing(mariadb: MariaD
         assert await sup.db.execute("INSERT INTO ledger VALUES ('op-2')") == 1
         assert await sup.db.fetchval("SELECT CONNECTION_ID()") != before
         assert await sup.db.fetchval("SELECT COUNT(*) FROM ledger WHERE id = 'op-2'") == 1
-        monitor = sup.db._monitor
+        st = sup.db.statistics()
         # The dead connections were dropped at acquire: nothing failed, nothing was replayed.
-        assert (monitor.replays, monitor.outcome_unknown, monitor.reconnects) == (0, 0, 0)
+        assert (st.replays, st.outcome_unknown, st.reconnects) == (0, 0, 0)
         assert sup.state is State.CONNECTED
 
 
 async def test_sigkill_then_start_callers_wait_and_succeed(mariadb: MariaDBServer) -> None:
     """A crash: callers wait at the gate and succeed once the server is back."""
-    async with Supervisor(mariadb.dsn(), max_size=5) as sup:
+    async with supervised(mariadb.dsn(), max_size=5) as sup:
         assert await sup.db.fetchval("SELECT 1") == 1
         await asyncio.to_thread(mariadb.kill)
         calls = [asyncio.create_task(sup.db.fetchval("SELECT 1", timeout=60)) for _ in range(20)]
@@ -338,7 +333,7 @@ async def test_bad_credentials_and_database_fail_fast(mariadb: MariaDBServer) ->
         (mariadb.dsn(database="not_granted"), 1044),
     ]
     for dsn, code in cases:
-        sup = Supervisor(dsn, failed_probe_interval=60)
+        sup = supervised(dsn, failed_probe_interval=60)
         started = time.monotonic()
         async with sup:
             assert sup.state is State.FAILED
@@ -348,7 +343,7 @@ async def test_bad_credentials_and_database_fail_fast(mariadb: MariaDBServer) ->
             cause = info.value.__cause__
             assert isinstance(cause, myerr.OperationalError) and cause.args[0] == code
             assert "wrong-pw" not in str(info.value)
-    good = Supervisor(mariadb.dsn(user=SECURE_USER, password=SECURE_PASSWORD))
+    good = supervised(mariadb.dsn(user=SECURE_USER, password=SECURE_PASSWORD))
     async with good:
         assert await good.db.fetchval("SELECT CURRENT_USER()") == f"{SECURE_USER}@127.0.0.1"
 
@@ -370,7 +365,7 @@ async def test_too_many_connections_is_transient(mariadb: MariaDBServer) -> None
                 break
         else:
             pytest.fail("max_connections was never reached")
-        sup = Supervisor(mariadb.dsn(), backoff=Backoff(initial=0.05, maximum=0.2))
+        sup = supervised(mariadb.dsn(), backoff=Backoff(initial=0.05, maximum=0.2))
         rec = Recorder(sup)
         async with sup:
             await asyncio.sleep(0.5)
@@ -394,7 +389,7 @@ async def test_query_errors_raised_unchanged_once(mariadb: MariaDBServer) -> Non
         "DROP TABLE IF EXISTS attempts; CREATE TABLE attempts (n int AUTO_INCREMENT PRIMARY KEY)",
         "app",
     )
-    async with Supervisor(mariadb.dsn()) as sup:
+    async with supervised(mariadb.dsn()) as sup:
         with pytest.raises(myerr.ProgrammingError) as info:
             await sup.db.fetch("SELEC 1")
         assert info.value.args[0] == 1064
@@ -410,8 +405,8 @@ async def test_query_errors_raised_unchanged_once(mariadb: MariaDBServer) -> Non
             await sup.db.execute("INSERT INTO attempts VALUES (%s)", 1, 2)
         assert await sup.db.fetchval("SELECT COUNT(*) FROM attempts") == 1
         assert sup.state is State.CONNECTED
-        monitor = sup.db._monitor
-        assert (monitor.reconnects, monitor.replays) == (0, 0)
+        st = sup.db.statistics()
+        assert (st.reconnects, st.replays) == (0, 0)
         assert pool(sup).stats().size == 1  # the connection survived every error
 
 
@@ -419,7 +414,7 @@ async def test_blackhole_never_hangs_past_deadline(
     mariadb: MariaDBServer, proxy: FaultProxy
 ) -> None:
     """A silent partition: every call returns by its deadline; recovery after it heals."""
-    sup = Supervisor(
+    sup = supervised(
         via(proxy, mariadb.dsn()),
         min_size=4,  # every call gets an established connection, so the write is sent
         max_size=4,
@@ -451,7 +446,7 @@ async def test_blackhole_never_hangs_past_deadline(
 
 async def test_cancellation_leaks_no_connection_and_no_task(mariadb: MariaDBServer) -> None:
     """Cancel callers at many points: the server sees only the pool's connections."""
-    sup = Supervisor(mariadb.dsn(), min_size=1, max_size=5, max_idle=None)
+    sup = supervised(mariadb.dsn(), min_size=1, max_size=5, max_idle=None)
     backend = pool(sup)
     async with sup:
         tasks_before = asyncio.all_tasks()
@@ -464,7 +459,7 @@ async def test_cancellation_leaks_no_connection_and_no_task(mariadb: MariaDBServ
         await until(lambda: backend.stats().in_use == 0, timeout=5)
         assert asyncio.all_tasks() <= tasks_before | {asyncio.current_task()}
         assert backend._pool._slots == 0 and not backend._pool._waiting
-        assert sup.db._gate.waiting == 0
+        assert sup.db.statistics().waiting == 0
         size = backend.stats().size
         assert size <= 5
         # A cancelled caller's connection is closed; its server thread ends with its SLEEP.

@@ -10,6 +10,8 @@ from typing import Any
 import asyncpg
 import pytest
 
+from harness.polling import until
+from harness.servers import SECURE_PASSWORD, SECURE_USER, PostgresServer
 from resilientdb import (
     Backoff,
     DatabaseUnavailable,
@@ -20,7 +22,6 @@ from resilientdb import (
 )
 from resilientdb.config import parse_dsn, with_host
 from resilientdb.testing import FaultProxy
-from tests.servers import SECURE_PASSWORD, SECURE_USER, PostgresServer
 
 pytestmark = pytest.mark.slow
 
@@ -45,13 +46,6 @@ class Recorder:
 
     def states(self) -> list[str]:
         return [e.new.value for e in self.of(events.StateChanged)]
-
-
-async def until(predicate: Any, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.01)
 
 
 async def test_readers_ride_out_restart_and_reset(pg: PostgresServer, proxy: FaultProxy) -> None:
@@ -85,8 +79,8 @@ async def test_readers_ride_out_restart_and_reset(pg: PostgresServer, proxy: Fau
         assert pg.pid != old_pid  # the server really restarted
         mark = done
         await until(lambda: done > mark + 200)
-        assert sup.db._monitor.reconnects >= 1
-        reconnects = sup.db._monitor.reconnects
+        assert sup.db.statistics().reconnects >= 1
+        reconnects = sup.db.statistics().reconnects
         resets = proxy.reset()
         assert resets >= 1 and proxy.stats.resets >= resets
         mark = done
@@ -95,7 +89,7 @@ async def test_readers_ride_out_restart_and_reset(pg: PostgresServer, proxy: Fau
         await asyncio.gather(*readers)
         assert sup.state is State.CONNECTED
         # Connections reset while the server is up are replaced one by one: no outage.
-        assert sup.db._monitor.reconnects == reconnects
+        assert sup.db.statistics().reconnects == reconnects
     assert errors == []
     assert set(paths) == {"app_schema, public"}  # on_connect ran again on every new connection
     states = rec.states()
@@ -152,7 +146,7 @@ async def test_terminated_backend_during_insert_is_outcome_unknown(pg: PostgresS
         with pytest.raises(OutcomeUnknown) as info:
             await insert
         assert isinstance(info.value.__cause__, asyncpg.ConnectionDoesNotExistError)
-        assert sup.db._monitor.outcome_unknown == 1
+        assert sup.db.statistics().outcome_unknown == 1
         count = await sup.db.fetchval("SELECT count(*) FROM ledger WHERE id = 'op-1'")
         assert count <= 1
 
@@ -212,7 +206,7 @@ async def test_query_error_raised_unchanged_once(pg: PostgresServer) -> None:
             await sup.db.fetchval("SELECT nextval('attempts') / 0")
         assert await sup.db.fetchval("SELECT last_value FROM attempts") == 1
         assert sup.state is State.CONNECTED
-        assert sup.db._monitor.reconnects == 0 and sup.db._monitor.replays == 0
+        assert sup.db.statistics().reconnects == 0 and sup.db.statistics().replays == 0
 
 
 async def test_blackhole_never_hangs_past_deadline(pg: PostgresServer, proxy: FaultProxy) -> None:
@@ -281,15 +275,15 @@ async def test_cancellation_leaks_no_connection_and_no_task(pg: PostgresServer) 
                 c.cancel()
             await asyncio.gather(*calls, return_exceptions=True)
         # Cancelled callers hand their connections back in the background: bounded.
-        await until(lambda: sup.db._backend.stats().in_use == 0, timeout=5)
+        await until(lambda: sup.db.statistics().pool.in_use == 0, timeout=5)
         await until(lambda: asyncio.all_tasks() <= tasks_before | {asyncio.current_task()})
         server_side = int(
             await asyncio.to_thread(
                 pg.admin_query, "SELECT count(*) FROM pg_stat_activity WHERE usename = 'app'"
             )
         )
-        assert server_side == sup.db._backend.stats().size <= 5
-        assert sup.db._gate.waiting == 0
+        assert server_side == sup.db.statistics().pool.size <= 5
+        assert sup.db.statistics().waiting == 0
         assert await sup.db.fetchval("SELECT 1") == 1
     await until(
         lambda: (

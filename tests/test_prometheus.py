@@ -14,6 +14,7 @@ import resilientdb.testing.fake  # noqa: F401  (registers fake://)
 from resilientdb import Backoff, DatabaseUnavailable, OutcomeUnknown, State, Supervisor
 from resilientdb.integrations.prometheus import ResilientDBCollector, register
 from resilientdb.testing.fake import FakeBackend, FakeConnectionLost
+from tests.handles import adapter, supervised
 
 FAST = Backoff(initial=0.005, maximum=0.02, jitter=0.0)
 
@@ -33,14 +34,14 @@ def value(samples: dict[Any, float], name: str, **labels: str) -> float:
 
 
 def make() -> tuple[Supervisor, FakeBackend, FakeBackend]:
-    sup = Supervisor(
+    sup = supervised(
         {"main": "fake://main", "cache": "fake://cache"},
         backoff=FAST,
         min_size=2,
         max_size=8,
         memory_watchdog=False,
     )
-    main, cache = sup["main"]._backend, sup["cache"]._backend
+    main, cache = adapter(sup, "main"), adapter(sup, "cache")
     assert isinstance(main, FakeBackend) and isinstance(cache, FakeBackend)
     return sup, main, cache
 
@@ -69,7 +70,7 @@ async def test_exposition_names_and_values() -> None:
             asyncio.create_task(sup["cache"].fetchval("SELECT 1", timeout=5)) for _ in range(2)
         ]
         deadline = time.monotonic() + 5
-        while sup["cache"]._gate.waiting < 2:
+        while sup["cache"].statistics().waiting < 2:
             assert time.monotonic() < deadline
             await asyncio.sleep(0.005)
         main.in_use = 3  # the fake's pool gauge: three connections in use

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from resilientdb._replay import is_read_only, verdict
+from resilientdb._replay import is_commit, is_read_only, opens_first, verdict
 
 PG, MY, LITE = "postgresql", "mysql", "sqlite"
 
@@ -163,3 +163,60 @@ def test_never_raises_and_doubts_answer_may_write(sql: str, family: str) -> None
         assert not sql.strip().upper().startswith(("INSERT", "UPDATE", "DELETE"))
     if not v.runs:
         assert not v.read_only
+
+
+@pytest.mark.parametrize(
+    ("family", "sql", "single", "ends"),
+    [
+        # MariaDB's SET STATEMENT ... FOR runs the statement after FOR: judged as that one.
+        (MY, "SET STATEMENT max_statement_time=30 FOR CALL bump()", False, True),
+        (MY, "SET STATEMENT max_statement_time=30 FOR CREATE TABLE t (a int)", True, True),
+        (MY, "SET STATEMENT a=(1), b=2 FOR UPDATE t SET v = v + 1", True, False),
+        (MY, "SET STATEMENT max_statement_time=1", False, True),  # no FOR: unreadable
+        (MY, "SET PASSWORD FOR u@localhost = PASSWORD('x')", True, True),  # commits implicitly
+        (MY, "SET @a = 1", True, False),
+        # Applied in parts: each table of a MySQL DROP, PostgreSQL's CONCURRENTLY.
+        (MY, "DROP TABLE a, b", False, True),
+        (MY, "RENAME TABLE a TO b, c TO d", False, True),
+        (MY, "DROP TABLE a", True, True),
+        (PG, "DROP TABLE a, b", True, False),  # transactional DDL: all or nothing
+        (PG, "CREATE INDEX CONCURRENTLY i ON t (a)", False, False),
+    ],
+)
+def test_what_really_runs_and_whether_it_is_one_piece(
+    family: str, sql: str, single: bool, ends: bool
+) -> None:
+    v = verdict(sql, family)
+    assert (v.single, v.ends_transaction) == (single, ends)
+    assert not v.read_only
+
+
+def test_set_statement_for_a_read_is_a_read() -> None:
+    assert verdict("SET STATEMENT max_statement_time=5 FOR SELECT 1", MY).read_only
+
+
+@pytest.mark.parametrize(
+    ("family", "sql", "expected"),
+    [
+        (PG, "BEGIN; INSERT INTO t VALUES (1)", True),
+        (PG, "START TRANSACTION; INSERT INTO t VALUES (1)", True),
+        (PG, "INSERT INTO t VALUES (1); BEGIN", False),  # the INSERT ran before it opened
+        (PG, "BEGIN; INSERT INTO t VALUES (1); COMMIT; BEGIN", False),
+        (MY, "START TRANSACTION; INSERT INTO t VALUES (1)", True),
+        (MY, "SET autocommit = 0; INSERT INTO t VALUES (1)", True),
+        (MY, "SET @x = 0; INSERT INTO t VALUES (1)", False),
+        (
+            MY,
+            "BEGIN; INSERT INTO t VALUES (1); CREATE TABLE u (a int); INSERT INTO t VALUES (2)",
+            False,
+        ),
+        (LITE, "BEGIN; INSERT INTO t VALUES (1)", True),
+    ],
+)
+def test_opens_first(family: str, sql: str, expected: bool) -> None:
+    assert opens_first(sql, family) is expected
+
+
+def test_is_commit() -> None:
+    assert is_commit("COMMIT", PG) and is_commit("end;", PG) and is_commit("commit", MY)
+    assert not is_commit("ROLLBACK", PG) and not is_commit("COMMIT; SELECT 1", PG)

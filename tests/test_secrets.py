@@ -7,10 +7,10 @@ import logging
 
 import pytest
 
+from harness.servers import SECURE_PASSWORD, SECURE_USER, PostgresServer
 from resilientdb import DatabaseUnavailable, State, Supervisor, events
 from resilientdb.config import parse_dsn, with_host
 from resilientdb.testing import FaultProxy
-from tests.servers import SECURE_PASSWORD, SECURE_USER, PostgresServer
 
 WRONG = "Wr0ng-Secret-Value"
 

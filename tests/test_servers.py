@@ -1,4 +1,4 @@
-"""Smoke tests of the throwaway database servers (tests/servers.py) and their fixtures."""
+"""Smoke tests of the throwaway database servers (harness/servers.py) and their fixtures."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from tests.servers import (
+from harness.servers import (
     SECURE_PASSWORD,
     MariaDBServer,
     PostgresServer,

@@ -10,14 +10,16 @@ import sqlite3
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, cast
 
 import pytest
 
+from harness.polling import until
 from resilientdb import ConfigurationError, DatabaseUnavailable, State, Supervisor, events
 from resilientdb.backends.sqlite import SQLiteBackend, SQLiteLease, error_code
+from tests.handles import adapter, supervised
 
 LONG = (
     "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 100000000) "
@@ -44,13 +46,6 @@ class Recorder:
 
     def of(self, kind: type[events.Event]) -> list[Any]:
         return [e for e in self.events if isinstance(e, kind)]
-
-
-async def until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.01)
 
 
 @pytest.fixture
@@ -99,7 +94,7 @@ def on_disk(path: str) -> bool:
 
 
 def backend(sup: Supervisor) -> SQLiteBackend:
-    return cast(SQLiteBackend, sup.db._backend)
+    return cast(SQLiteBackend, adapter(sup))
 
 
 async def test_api_and_row_shape(path: str, threads: None) -> None:
@@ -109,7 +104,7 @@ async def test_api_and_row_shape(path: str, threads: None) -> None:
         hooked.append(conn)
         await conn.execute("PRAGMA foreign_keys = ON")
 
-    sup = Supervisor("sqlite:///" + path, on_connect=on_connect)
+    sup = supervised("sqlite:///" + path, on_connect=on_connect)
     async with sup:
         db = sup.db
         assert sup.state is State.CONNECTED
@@ -145,7 +140,7 @@ async def test_api_and_row_shape(path: str, threads: None) -> None:
 
 
 async def test_transactions_hold_the_connection_whole(path: str, threads: None) -> None:
-    sup = Supervisor("sqlite:///" + path, max_size=3)
+    sup = supervised("sqlite:///" + path, max_size=3)
     assert backend(sup).begin_statements(None, False) == ("BEGIN IMMEDIATE",)
     assert backend(sup).begin_statements("SERIALIZABLE", True) == ("BEGIN DEFERRED",)
     async with sup:
@@ -180,7 +175,7 @@ async def test_statement_never_runs_inside_another_leases_transaction(
     # Regression: two leases held at once used to share one connection, so a single INSERT
     # ran inside the other lease's open transaction and was then rolled back with it (or by
     # the adapter's own clean-up ROLLBACK) although it had been reported a success.
-    sup = Supervisor("sqlite:///" + path, min_size=1, max_size=2)
+    sup = supervised("sqlite:///" + path, min_size=1, max_size=2)
     async with sup:
         await make_log(sup)
         pool = backend(sup)
@@ -201,7 +196,7 @@ async def test_acknowledged_writes_survive_concurrent_rolled_back_transactions(
 ) -> None:
     # Regression for the ledger's lost writes: single-statement INSERTs that succeeded must all
     # be there, while transactions beside them on the same small pool are rolled back.
-    sup = Supervisor("sqlite:///" + path, max_size=3)
+    sup = supervised("sqlite:///" + path, max_size=3)
     acknowledged: list[int] = []
 
     class Abort(Exception):
@@ -233,7 +228,7 @@ async def test_acknowledged_writes_survive_concurrent_rolled_back_transactions(
 
 
 async def test_writer_waits_for_another_process_then_succeeds(path: str, threads: None) -> None:
-    sup = Supervisor("sqlite:///" + path)
+    sup = supervised("sqlite:///" + path)
     rec = Recorder(sup)
     async with sup:
         await make_log(sup)
@@ -254,7 +249,7 @@ async def test_writer_waits_for_another_process_then_succeeds(path: str, threads
 
 
 async def test_busy_past_the_busy_timeout_is_retried(path: str, threads: None) -> None:
-    sup = Supervisor("sqlite:///" + path + "?timeout=0.1", max_replays=30)
+    sup = supervised("sqlite:///" + path + "?timeout=0.1", max_replays=30)
     rec = Recorder(sup)
     async with sup:
         await make_log(sup)
@@ -281,7 +276,7 @@ async def test_busy_past_the_busy_timeout_is_retried(path: str, threads: None) -
 
 
 async def test_cancelled_writer_waiting_for_the_lock_never_writes(path: str, threads: None) -> None:
-    sup = Supervisor("sqlite:///" + path, max_size=1)
+    sup = supervised("sqlite:///" + path, max_size=1)
     async with sup:
         await make_log(sup)
         proc = await hold_write_lock(path, 1.5)
@@ -300,7 +295,7 @@ async def test_cancelled_writer_waiting_for_the_lock_never_writes(path: str, thr
 async def test_file_moved_away_fails_without_a_new_file_then_heals(
     path: str, threads: None
 ) -> None:
-    sup = Supervisor("sqlite:///" + path, failed_probe_interval=0.2, max_size=2)
+    sup = supervised("sqlite:///" + path, failed_probe_interval=0.2, max_size=2)
     rec = Recorder(sup)
     async with sup:
         await make_log(sup)
@@ -327,7 +322,7 @@ async def test_file_moved_away_fails_without_a_new_file_then_heals(
 
 
 async def test_mode_rw_never_creates_the_file(path: str, threads: None) -> None:
-    sup = Supervisor("sqlite:///" + path + "?mode=rw", failed_probe_interval=0.2)
+    sup = supervised("sqlite:///" + path + "?mode=rw", failed_probe_interval=0.2)
     async with sup:
         assert sup.state is State.FAILED
         with pytest.raises(DatabaseUnavailable):
@@ -342,7 +337,7 @@ async def test_relative_path_is_created_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, threads: None
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    sup = Supervisor("sqlite:///rel.db")
+    sup = supervised("sqlite:///rel.db")
     async with sup:
         await sup.db.execute("CREATE TABLE t (x)")
         monkeypatch.chdir("/")  # resolved at construction: still the same file
@@ -356,7 +351,7 @@ async def test_relative_path_is_created_once(
 async def test_connection_closed_underneath_is_reopened_and_replayed(
     path: str, threads: None
 ) -> None:
-    sup = Supervisor("sqlite:///" + path, min_size=1, max_size=1)
+    sup = supervised("sqlite:///" + path, min_size=1, max_size=1)
     rec = Recorder(sup)
     async with sup:
         await make_log(sup)
@@ -382,7 +377,7 @@ async def test_closed_underneath_while_the_pool_retires_it_never_hangs(
     # aiosqlite's close() waits forever if another closer stopped the thread first; the pool
     # retiring a connection that someone is closing (as the ledger's fault does) must not
     # make either side hang.
-    sup = Supervisor("sqlite:///" + path, min_size=2, max_size=2)
+    sup = supervised("sqlite:///" + path, min_size=2, max_size=2)
     async with sup:
         pool = backend(sup)
         first, second = pool.raw_connections()
@@ -397,7 +392,7 @@ async def test_closed_underneath_while_the_pool_retires_it_never_hangs(
 
 
 async def test_memory_database_keeps_its_data(threads: None) -> None:
-    sup = Supervisor("sqlite:///:memory:", max_size=5)
+    sup = supervised("sqlite:///:memory:", max_size=5)
     async with sup:
         db = sup.db
         await db.execute("CREATE TABLE t (x)")
@@ -420,7 +415,7 @@ async def test_memory_database_keeps_its_data(threads: None) -> None:
 
 
 async def test_cancellation_interrupts_a_running_statement(path: str, threads: None) -> None:
-    sup = Supervisor("sqlite:///" + path, max_size=1)
+    sup = supervised("sqlite:///" + path, max_size=1)
     async with sup:
         tasks_before = asyncio.all_tasks()
         query = asyncio.create_task(sup.db.fetchval(LONG))
@@ -460,7 +455,7 @@ async def test_cancellation_interrupts_a_running_statement(path: str, threads: N
 async def test_cancelled_while_queued_returns_at_once_and_never_runs(
     path: str, threads: None
 ) -> None:
-    sup = Supervisor("sqlite:///" + path, max_size=1)  # everything queues on one connection
+    sup = supervised("sqlite:///" + path, max_size=1)  # everything queues on one connection
     async with sup:
         await make_log(sup)
         running = asyncio.create_task(sup.db.fetchval(LONG))
@@ -491,7 +486,7 @@ async def test_query_error_raised_unchanged_once(path: str, threads: None) -> No
     async def on_connect(conn: Any) -> None:
         await conn.create_function("bump", 0, bump)
 
-    sup = Supervisor("sqlite:///" + path, on_connect=on_connect)
+    sup = supervised("sqlite:///" + path, on_connect=on_connect)
     async with sup:
         await sup.db.execute("CREATE TABLE u (id INTEGER PRIMARY KEY)")
         await sup.db.execute("INSERT INTO u VALUES (1)")
@@ -502,8 +497,8 @@ async def test_query_error_raised_unchanged_once(path: str, threads: None) -> No
             await sup.db.execute("INSERT INTO u VALUES (bump())")
         assert attempts == 1
         assert sup.state is State.CONNECTED
-        monitor = sup.db._monitor
-        assert monitor.reconnects == 0 and monitor.replays == 0
+        st = sup.db.statistics()
+        assert st.reconnects == 0 and st.replays == 0
 
 
 @pytest.mark.parametrize(
@@ -519,4 +514,4 @@ async def test_query_error_raised_unchanged_once(path: str, threads: None) -> No
 )
 def test_bad_settings_fail_at_construction(dsn: str, kwargs: Any, message: str) -> None:
     with pytest.raises(ConfigurationError, match=message):
-        Supervisor(dsn, **kwargs)
+        supervised(dsn, **kwargs)

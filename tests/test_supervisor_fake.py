@@ -9,9 +9,11 @@ from typing import Any
 import pytest
 
 import resilientdb.testing.fake  # noqa: F401  (registers fake://)
+from harness.polling import until
 from resilientdb import (
     Backoff,
     DatabaseUnavailable,
+    Options,
     OutcomeUnknown,
     Overloaded,
     State,
@@ -19,6 +21,9 @@ from resilientdb import (
     SupervisorClosed,
     events,
 )
+from resilientdb._monitor import Monitor
+from resilientdb.config import parse_dsn
+from resilientdb.events import EventBus
 from resilientdb.testing.fake import (
     FakeBackend,
     FakeConnectionLost,
@@ -26,6 +31,7 @@ from resilientdb.testing.fake import (
     FakePermanent,
     FakeRetryable,
 )
+from tests.handles import adapter, supervised
 
 FAST = Backoff(initial=0.005, maximum=0.02, jitter=0.0)
 
@@ -33,18 +39,10 @@ FAST = Backoff(initial=0.005, maximum=0.02, jitter=0.0)
 def make(**options: Any) -> tuple[Supervisor, FakeBackend]:
     options.setdefault("backoff", FAST)
     options.setdefault("failed_probe_interval", 0.05)
-    sup = Supervisor("fake://db", **options)
-    backend = sup.db._backend
+    sup = supervised("fake://db", **options)
+    backend = adapter(sup)
     assert isinstance(backend, FakeBackend)
     return sup, backend
-
-
-async def until(predicate: Any, timeout: float = 2.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.001)
 
 
 class Recorder:
@@ -89,7 +87,7 @@ async def test_starting_while_down_waits_at_the_gate_then_succeeds() -> None:
     async with sup:
         assert sup.state is State.RECONNECTING
         call = asyncio.create_task(sup.db.fetchval("SELECT 1"))
-        await until(lambda: sup.db._gate.waiting == 1)
+        await until(lambda: sup.db.statistics().waiting == 1)
         await asyncio.sleep(0.05)
         backend.up = True
         assert await call == 1
@@ -121,7 +119,7 @@ async def test_one_lost_connection_is_no_outage_when_the_server_answers() -> Non
         backend.fail_next(FakeConnectionLost("closed in the middle"), sent=True)
         assert await sup.db.fetch("SELECT * FROM t") == [1]
         assert backend.probes == 1  # the check: the server answers, so nothing is retired
-        assert backend.refreshes == 0 and sup.db._monitor.reconnects == 0
+        assert backend.refreshes == 0 and sup.db.statistics().reconnects == 0
         await asyncio.sleep(0.01)
     assert rec.states() == ["connecting", "connected", "closed"]
     assert not rec.of(events.Disconnected)
@@ -268,7 +266,7 @@ async def test_overloaded_past_max_waiters() -> None:
     backend.up = False
     async with sup:
         waiting = [asyncio.create_task(sup.db.fetchval("SELECT 1")) for _ in range(2)]
-        await until(lambda: sup.db._gate.waiting == 2)
+        await until(lambda: sup.db.statistics().waiting == 2)
         with pytest.raises(Overloaded):
             await sup.db.fetchval("SELECT 1")
         backend.up = True
@@ -280,7 +278,7 @@ async def test_close_wakes_waiters_with_supervisor_closed() -> None:
     backend.up = False
     await sup.start()
     waiting = [asyncio.create_task(sup.db.fetchval("SELECT 1")) for _ in range(5)]
-    await until(lambda: sup.db._gate.waiting == 5)
+    await until(lambda: sup.db.statistics().waiting == 5)
     await sup.aclose()
     results = await asyncio.gather(*waiting, return_exceptions=True)
     assert all(isinstance(r, SupervisorClosed) for r in results)
@@ -303,21 +301,27 @@ async def test_one_reconnect_loop_however_many_callers() -> None:
 
 
 async def test_stale_generation_does_not_start_a_second_outage() -> None:
-    sup, backend = make()
-    async with sup:
-        monitor = sup.db._monitor
+    # The monitor alone (the unit under test): reports carry the generation they saw.
+    options = Options.build(backoff=FAST, failed_probe_interval=0.05)
+    backend = FakeBackend(parse_dsn("fake://db"), options)
+    monitor = Monitor("default", backend, options, EventBus())
+    monitor.start()
+    try:
+        await monitor.wait_first_attempt(1.0)
         old = monitor.generation
         backend.connect_outcomes.append(ConnectionRefusedError("down"))  # the check fails
         monitor.report_lost(old, FakeConnectionLost("x"), "fetch")
         assert monitor.checking
         await monitor.settled(None)
-        assert sup.state is State.RECONNECTING
-        await sup.wait_until_connected(timeout=1)
+        assert monitor.state is State.RECONNECTING
+        await until(lambda: monitor.state is State.CONNECTED)
         assert monitor.generation == old + 1
         monitor.report_lost(old, FakeConnectionLost("late"), "fetch")
         await asyncio.sleep(0.01)
-        assert sup.state is State.CONNECTED and backend.refreshes == 1
+        assert monitor.state is State.CONNECTED and backend.refreshes == 1
         assert backend.probes == 2  # the check and the reconnect: the late report made none
+    finally:
+        await monitor.aclose()
 
 
 async def test_cancelling_waiters_leaves_nothing_behind() -> None:
@@ -331,7 +335,7 @@ async def test_cancelling_waiters_leaves_nothing_behind() -> None:
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            assert sup.db._gate.waiting == 0
+            assert sup.db.statistics().waiting == 0
         assert asyncio.all_tasks() == before
         backend.up = True
         backend.delay = 0.05
@@ -385,8 +389,8 @@ async def test_event_handlers_sync_async_and_failing_are_isolated() -> None:
 
 async def test_on_error_receives_handled_errors() -> None:
     seen: list[events.ErrorOccurred] = []
-    sup = Supervisor("fake://db", backoff=FAST, on_error=seen.append)
-    backend = sup.db._backend
+    sup = supervised("fake://db", backoff=FAST, on_error=seen.append)
+    backend = adapter(sup)
     assert isinstance(backend, FakeBackend)
     async with sup:
         backend.fail_next(FakeConnectionLost("lost mid-flight"))

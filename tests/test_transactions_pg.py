@@ -9,10 +9,10 @@ from typing import Any
 import asyncpg
 import pytest
 
+from harness.servers import PostgresServer
 from resilientdb import OutcomeUnknown, Supervisor, TransactionLost, TransactionRolledBack, events
 from resilientdb.config import parse_dsn, with_host
 from resilientdb.testing import FaultProxy
-from tests.servers import PostgresServer
 
 
 @pytest.fixture
@@ -59,7 +59,7 @@ async def test_commit_rollback_and_savepoint(sup: Supervisor) -> None:
     with pytest.raises(ValueError, match="isolation"):
         async with db.transaction(isolation="chaotic"):
             pass
-    assert db._backend.stats().in_use == 0
+    assert db.statistics().pool.in_use == 0
 
 
 async def test_terminated_inside_transaction_is_transaction_lost(

@@ -138,7 +138,7 @@ def _command(args: argparse.Namespace) -> Coroutine[Any, Any, int]:
         return _probe.wait(args.dsn, timeout=args.timeout, verbose=args.verbose)
     if args.command == "watch":
         return _probe.watch(args.dsn, interval=args.interval, count=args.count)
-    from ._demo import demo
+    from .demo.run import demo
 
     return demo(duration=args.duration, dsn=args.dsn, plot=args.plot)
 

@@ -13,7 +13,8 @@ import sys
 import time
 from typing import Any
 
-from .._supervisor import Supervisor
+from .. import Supervisor
+from .._statistics import BackendStatistics
 from ..config import DSN
 from ..errors import ConfigurationError, DatabaseUnavailable
 from ..events import Reconnecting
@@ -109,15 +110,14 @@ async def wait(dsn_text: str, *, timeout: float, verbose: bool) -> int:
     return EXIT_OK
 
 
-def _watch_line(report: HealthReport, stats: dict[str, Any]) -> str:
+def _watch_line(report: HealthReport, stats: BackendStatistics) -> str:
     b = _only(report)
-    figures: dict[str, Any] = next(iter(stats.values()), {})
     ping = "ping    -   " if b.latency is None else f"ping {b.latency * 1000:6.1f} ms"
     line = (
         f"{time.strftime('%H:%M:%S')}  {b.state.value:<12} {b.status.value:<4}  {ping}  "
         f"pool {b.pool_size}/{b.max_size} (idle {b.idle}, in use {b.in_use})  "
         f"waiting {b.waiting}  reconnects {b.reconnects}  "
-        f"timeouts {figures.get('db.client.connection.timeouts', 0)}"
+        f"timeouts {stats.timeouts}"
     )
     if b.status is not HealthStatus.PASS:
         line += f"  | {b.output or b.last_error or ''}"
@@ -141,7 +141,7 @@ async def watch(dsn_text: str, *, interval: float, count: int | None) -> int:
         while count is None or n < count:
             report = await sup.health()
             status = report.status
-            say(_watch_line(report, sup.stats()))
+            say(_watch_line(report, sup.db.statistics()))
             n += 1
             if count is not None and n >= count:
                 break

@@ -30,11 +30,8 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 
-from .._database import Database
+from .. import ConfigurationError, Database, HealthStatus, Supervisor
 from .._redact import describe
-from .._supervisor import Supervisor
-from ..errors import ConfigurationError
-from ..health import HealthStatus
 
 __all__ = ["HEALTH_JSON", "database", "get_supervisor", "health_router", "lifespan"]
 

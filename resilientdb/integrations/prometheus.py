@@ -7,7 +7,7 @@
 
     REGISTRY.register(ResilientDBCollector(supervisor))
 
-Each scrape reads ``supervisor.stats()`` (no I/O, no await) and exports, with the backend
+Each scrape reads ``supervisor.statistics()`` (no I/O, no await) and exports, with the backend
 name as ``pool_name``:
 
 - ``db_client_connection_count{state="idle|used"}`` (gauge)
@@ -36,8 +36,7 @@ from prometheus_client.core import (
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import REGISTRY, CollectorRegistry
 
-from .._states import State
-from .._supervisor import Supervisor
+from .. import State, Supervisor
 
 __all__ = ["ResilientDBCollector", "register"]
 
@@ -61,23 +60,22 @@ class ResilientDBCollector:
     def collect(self) -> Iterator[Metric]:
         """The metric families with the supervisor's figures now."""
         f = _Families()
-        for name, s in self.supervisor.stats().items():
-            conns = s["db.client.connection.count"]
-            f.count.add_metric(["idle", name], conns["idle"])
-            f.count.add_metric(["used", name], conns["used"])
-            f.max.add_metric([name], s["db.client.connection.max"])
-            f.idle_min.add_metric([name], s["db.client.connection.idle.min"])
-            f.pending.add_metric([name], s["db.client.connection.pending_requests"])
-            f.timeouts.add_metric([name], s["db.client.connection.timeouts"])
-            waited = s["db.client.connection.wait_time"]
-            f.wait.add_metric([name], waited["count"], waited["sum"])
+        for name, st in self.supervisor.statistics().items():
+            pool, gate = st.pool, st.gate
+            f.count.add_metric(["idle", name], pool.idle)
+            f.count.add_metric(["used", name], pool.in_use)
+            f.max.add_metric([name], pool.max_size)
+            f.idle_min.add_metric([name], pool.min_size)
+            f.pending.add_metric([name], gate.waiting)
+            f.timeouts.add_metric([name], st.timeouts)
+            f.wait.add_metric([name], gate.wait_count, gate.wait_seconds)
             for value in State:
-                f.state.add_metric([name, value.value], 1.0 if s["state"] == value.value else 0.0)
-            f.reconnects.add_metric([name], s["reconnects"])
-            f.replays.add_metric([name], s["replays"])
-            f.unknown.add_metric([name], s["outcome_unknown"])
-            for st, seconds in s["time_in_state"].items():
-                f.time_in_state.add_metric([name, st], seconds)
+                f.state.add_metric([name, value.value], 1.0 if st.state is value else 0.0)
+            f.reconnects.add_metric([name], st.reconnects)
+            f.replays.add_metric([name], st.replays)
+            f.unknown.add_metric([name], st.outcome_unknown)
+            for state, seconds in st.time_in_state.items():
+                f.time_in_state.add_metric([name, state.value], seconds)
         yield from f.all()
 
 

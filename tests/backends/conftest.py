@@ -1,5 +1,6 @@
-"""One target per backend for the contract suite: a DSN, the paramstyle, a way to kill the
-app's connections from outside, and the table DDL that differs."""
+"""One target per backend for the contract suite: a DSN, the backend's dialect (placeholders,
+the auto-increment column: ``harness/backends.py``), and a way to kill the app's connections
+from outside."""
 
 from __future__ import annotations
 
@@ -11,51 +12,22 @@ from pathlib import Path
 
 import pytest
 
-from tests.servers import MariaDBServer, PostgresServer
+from harness.backends import MYSQL, POSTGRES, SQLITE, Dialect
+from harness.servers import MariaDBServer, PostgresServer
 
 
 @dataclass
 class Target:
-    name: str
+    dialect: Dialect
     dsn: str
-    p: Callable[[int], str]  # placeholder for parameter n
     kill_connections: Callable[[], Awaitable[int]]  # kill the app's connections, server side
-    serial: str
-
-    def sql(self, text: str) -> str:
-        """``text`` with ``{1}``, ``{2}`` ... replaced by this backend's placeholders."""
-        for n in range(9, 0, -1):
-            text = text.replace("{" + str(n) + "}", self.p(n))
-        return text
 
 
-def _postgres(pg: PostgresServer) -> Target:
+def _server(dialect: Dialect, server: PostgresServer | MariaDBServer) -> Target:
     async def kill() -> int:
-        out = await asyncio.to_thread(
-            pg.admin_query,
-            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE usename = 'app'",
-        )
-        return int(out)
+        return await asyncio.to_thread(server.kill_app_connections)
 
-    return Target("postgres", pg.dsn(), lambda n: f"${n}", kill, "bigserial PRIMARY KEY")
-
-
-def _mysql(server: MariaDBServer) -> Target:
-    async def kill() -> int:
-        ids = await asyncio.to_thread(
-            server.admin_query,
-            "SELECT id FROM information_schema.processlist WHERE user = 'app'",
-        )
-        killed = 0
-        for line in ids.split():
-            try:
-                await asyncio.to_thread(server.admin_query, f"KILL {int(line)}")
-                killed += 1
-            except Exception:  # the connection went away by itself meanwhile
-                pass
-        return killed
-
-    return Target("mysql", server.dsn(), lambda n: "%s", kill, "bigint AUTO_INCREMENT PRIMARY KEY")
+    return Target(dialect, server.dsn(), kill)
 
 
 def _sqlite(path: Path) -> Target:
@@ -65,16 +37,14 @@ def _sqlite(path: Path) -> Target:
         return 0
 
     sqlite3.connect(path).close()
-    return Target(
-        "sqlite", f"sqlite:///{path}", lambda n: "?", kill, "integer PRIMARY KEY AUTOINCREMENT"
-    )
+    return Target(SQLITE, f"sqlite:///{path}", kill)
 
 
 @pytest.fixture(params=["postgres", "mysql", "sqlite"])
 def target(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Target]:
     if request.param == "postgres":
-        yield _postgres(request.getfixturevalue("pg"))
+        yield _server(POSTGRES, request.getfixturevalue("pg"))
     elif request.param == "mysql":
-        yield _mysql(request.getfixturevalue("mariadb"))
+        yield _server(MYSQL, request.getfixturevalue("mariadb"))
     else:
         yield _sqlite(tmp_path / "contract.db")

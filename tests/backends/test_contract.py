@@ -18,16 +18,18 @@ from resilientdb import (
     TransactionLost,
 )
 from tests.backends.conftest import Target
+from tests.handles import adapter, supervised
 
 
 @pytest.fixture
 async def sup(target: Target) -> AsyncIterator[Supervisor]:
-    s = Supervisor(target.dsn, min_size=1, max_size=4)
+    s = supervised(target.dsn, min_size=1, max_size=4)
     async with s:
         db = s.db
         await db.execute("DROP TABLE IF EXISTS items", idempotent=True)
         await db.execute(
-            f"CREATE TABLE items (id {target.serial}, name varchar(50) NOT NULL, qty integer)",
+            f"CREATE TABLE items (id {target.dialect.serial}, "
+            "name varchar(50) NOT NULL, qty integer)",
             idempotent=True,
         )
         yield s
@@ -35,8 +37,8 @@ async def sup(target: Target) -> AsyncIterator[Supervisor]:
 
 async def kill_underneath(target: Target, sup: Supervisor) -> None:
     """Make the app's connections die without the supervisor being told."""
-    if target.name == "sqlite":
-        backend: Any = sup.db._backend
+    if target.dialect.name == "sqlite":
+        backend: Any = adapter(sup)
         for raw in backend.raw_connections():
             await raw.close()
     else:
@@ -49,18 +51,25 @@ async def test_api_and_row_shape(target: Target, sup: Supervisor) -> None:
     assert sup.state is State.CONNECTED and db.state is State.CONNECTED
     assert sup["default"] is db
     await db.executemany(
-        target.sql("INSERT INTO items (name, qty) VALUES ({1}, {2})"),
+        target.dialect.sql("INSERT INTO items (name, qty) VALUES ({1}, {2})"),
         [("apple", 3), ("pear", 5)],
     )
-    await db.execute(target.sql("INSERT INTO items (name, qty) VALUES ({1}, {2})"), "fig", None)
+    await db.execute(
+        target.dialect.sql("INSERT INTO items (name, qty) VALUES ({1}, {2})"), "fig", None
+    )
     rows = await db.fetch("SELECT name, qty FROM items ORDER BY name")
     assert [tuple(r) for r in rows] == [("apple", 3), ("fig", None), ("pear", 5)]
     row = rows[0]
     assert row[0] == "apple" and row["qty"] == 3 and len(row) == 2
     assert dict(row) == {"name": "apple", "qty": 3}
-    one = await db.fetchrow(target.sql("SELECT name, qty FROM items WHERE name = {1}"), "pear")
+    one = await db.fetchrow(
+        target.dialect.sql("SELECT name, qty FROM items WHERE name = {1}"), "pear"
+    )
     assert one is not None and one["qty"] == 5
-    assert await db.fetchrow(target.sql("SELECT name FROM items WHERE name = {1}"), "x") is None
+    assert (
+        await db.fetchrow(target.dialect.sql("SELECT name FROM items WHERE name = {1}"), "x")
+        is None
+    )
     assert await db.fetchval("SELECT count(*) FROM items") == 3
     assert await db.fetchval("SELECT name, qty FROM items WHERE qty = 5", column=1) == 5
     assert await db.fetchval("SELECT qty FROM items WHERE qty > 100") is None
@@ -80,7 +89,7 @@ async def test_query_error_unchanged_after_one_attempt(sup: Supervisor) -> None:
         "sqlite3",
         "aiomysql",
     }
-    assert db.state is State.CONNECTED and db._monitor.replays == 0
+    assert db.state is State.CONNECTED and db.statistics().replays == 0
 
 
 async def test_read_is_replayed_after_connections_die(target: Target, sup: Supervisor) -> None:
@@ -95,13 +104,13 @@ async def test_read_is_replayed_after_connections_die(target: Target, sup: Super
 async def test_write_after_idle_kill_goes_through_once(target: Target, sup: Supervisor) -> None:
     db = sup.db
     await kill_underneath(target, sup)
-    await db.execute(target.sql("INSERT INTO items (name) VALUES ({1})"), "once")
+    await db.execute(target.dialect.sql("INSERT INTO items (name) VALUES ({1})"), "once")
     assert await db.fetchval("SELECT count(*) FROM items WHERE name = 'once'") == 1
 
 
 async def test_transactions(target: Target, sup: Supervisor) -> None:
     db = sup.db
-    ins = target.sql("INSERT INTO items (name) VALUES ({1})")
+    ins = target.dialect.sql("INSERT INTO items (name) VALUES ({1})")
     async with db.transaction() as tx:
         await tx.execute(ins, "kept")
         try:
@@ -129,7 +138,7 @@ async def test_transaction_lost_when_connection_dies_inside(
     target: Target, sup: Supervisor
 ) -> None:
     db = sup.db
-    ins = target.sql("INSERT INTO items (name) VALUES ({1})")
+    ins = target.dialect.sql("INSERT INTO items (name) VALUES ({1})")
     with pytest.raises(TransactionLost):
         async with db.transaction() as tx:
             await tx.execute(ins, "doomed")
@@ -162,11 +171,11 @@ async def test_cancellation_leaks_nothing(sup: Supervisor) -> None:
             c.cancel()
         await asyncio.gather(*calls, return_exceptions=True)
     for _ in range(100):
-        if db._backend.stats().in_use == 0:
+        if db.statistics().pool.in_use == 0:
             break
         await asyncio.sleep(0.02)
-    assert db._backend.stats().in_use == 0
-    assert db._gate.waiting == 0
+    assert db.statistics().pool.in_use == 0
+    assert db.statistics().waiting == 0
     assert asyncio.all_tasks() <= before | {asyncio.current_task()}
     assert await db.fetchval("SELECT 1") == 1
 

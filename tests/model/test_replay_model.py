@@ -191,11 +191,11 @@ async def scenario(flavor: str, mix: list[Op]) -> None:
                 if op.timeout is not None and op.kind not in ("tx", "tx_ddl", "tx_caught"):
                     assert elapsed <= op.timeout + SLACK, f"{op}: took {elapsed:.2f}s"
             for _ in range(100):  # background releases finish (bounded)
-                if db._backend.stats().in_use == 0 and not db._monitor._cleanups:
+                if db.statistics().pool.in_use == 0 and not db.statistics().releasing:
                     break
                 await asyncio.sleep(0.01)
-            assert db._backend.stats().in_use == 0
-            assert db._gate.waiting == 0
+            assert db.statistics().pool.in_use == 0
+            assert db.statistics().waiting == 0
     finally:
         del SERVERS[name]
     committed = list(server.committed)

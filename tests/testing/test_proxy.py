@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
+from harness.polling import until
 from resilientdb.testing import FaultProxy, ProxyMode
 from resilientdb.testing.proxy import ProxyStats
 
@@ -124,13 +125,6 @@ async def read_until_closed(reader: asyncio.StreamReader) -> bytes | type[OSErro
         return ConnectionResetError
 
 
-async def eventually(predicate: Callable[[], bool], timeout: float = 2.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.01)
-
-
 async def refused_outcome(fault_proxy: FaultProxy, connect: Connect) -> object:
     """Connect and read; the RST may already arrive while connecting."""
     try:
@@ -185,15 +179,15 @@ async def test_client_eof_is_forwarded_and_connection_ends(
     writer.write_eof()
     # The echo server closes on EOF; the reply still arrives, then EOF.
     assert await asyncio.wait_for(reader.read(), 2.0) == b"last words"
-    await eventually(lambda: proxy.stats.active_connections == 0)
-    await eventually(lambda: not echo.transports)
+    await until(lambda: proxy.stats.active_connections == 0)
+    await until(lambda: not echo.transports)
 
 
 async def test_unreachable_target_closes_client(connect: Connect) -> None:
     async with FaultProxy("127.0.0.1", free_port()) as proxy:
         assert await refused_outcome(proxy, connect) in (b"", ConnectionResetError)
         assert proxy.connection_attempts == 1
-        await eventually(lambda: proxy.stats.active_connections == 0)
+        await until(lambda: proxy.stats.active_connections == 0)
 
 
 # -- refuse -------------------------------------------------------------------
@@ -245,7 +239,7 @@ async def test_blackhole_holds_replies_already_on_their_way(
     streams = await connect(proxy)
     streams[1].write(b"request")
     # The request reaches the server, the reply is delayed; blackhole it in flight.
-    await eventually(lambda: echo.received == b"request")
+    await until(lambda: echo.received == b"request")
     proxy.blackhole()
     with pytest.raises(TimeoutError):
         await asyncio.wait_for(streams[0].read(100), SILENCE)
@@ -259,7 +253,7 @@ async def test_blackhole_hides_the_server_closing(
     assert await roundtrip(streams, b"hi") == b"hi"
     proxy.blackhole()
     echo.drop_all()
-    await eventually(lambda: not echo.transports)
+    await until(lambda: not echo.transports)
     await assert_silent(streams)
     proxy.pass_through()
     # Healing delivers the held EOF.
@@ -313,7 +307,7 @@ async def test_reset_kills_every_live_connection(
         assert await read_until_closed(reader) is ConnectionResetError
     assert proxy.stats.resets == 3
     assert proxy.stats.active_connections == 0
-    await eventually(lambda: not echo.transports)  # upstream side closed too
+    await until(lambda: not echo.transports)  # upstream side closed too
     proxy.pass_through()
     assert await roundtrip(await connect(proxy), b"fresh") == b"fresh"
     assert proxy.reset() == 1
@@ -376,7 +370,7 @@ async def test_stop_closes_everything_and_leaves_no_tasks(
     proxy.blackhole()
     blackholed = await connect(proxy)
     held[1].write(b"held")
-    await eventually(lambda: proxy.stats.active_connections == 3)
+    await until(lambda: proxy.stats.active_connections == 3)
     running = new_tasks(before)
     assert running  # it did run tasks, all named
     assert all(task.get_name().startswith("FaultProxy[") for task in running)
@@ -387,7 +381,7 @@ async def test_stop_closes_everything_and_leaves_no_tasks(
     for reader, _ in (relayed, held, blackholed):
         assert await read_until_closed(reader) in (b"", ConnectionResetError)
     assert proxy.stats.active_connections == 0
-    await eventually(lambda: not echo.transports)
+    await until(lambda: not echo.transports)
     with pytest.raises(ConnectionRefusedError):
         await asyncio.open_connection(*proxy.address)
     await proxy.stop()  # idempotent
@@ -412,7 +406,7 @@ async def test_stop_before_healed_relays_ran_closes_their_sockets(
     await proxy.start()
     proxy.blackhole()
     clients = [await connect(proxy) for _ in range(3)]
-    await eventually(lambda: proxy.stats.active_connections == 3)
+    await until(lambda: proxy.stats.active_connections == 3)
     proxy.pass_through()  # schedules relay tasks...
     await proxy.stop()  # ...that are cancelled before they ever run
     for reader, _ in clients:

@@ -5,7 +5,7 @@ database holds.
 Without ``--dsn`` everything is local: two SQLite files in a temporary directory (one per run),
 removed at the end. With ``--dsn`` (PostgreSQL or MySQL) each run talks to the server through
 its own :class:`~resilientdb.testing.FaultProxy`, in tables named ``resilientdb_demo_*`` that
-are dropped at the end. The figures are measured, never assumed: see ``_report.py``.
+are dropped at the end. The figures are measured, never assumed: see ``report.py``.
 """
 
 from __future__ import annotations
@@ -22,15 +22,14 @@ from contextlib import AsyncExitStack, suppress
 from dataclasses import dataclass, field
 from typing import Any
 
-from .. import events
-from .._states import State
-from .._supervisor import Supervisor
-from ..backends._raw_clients import RawAiomysql, RawAiosqlite, RawAsyncpg
-from ..config import with_host
-from ..errors import ConfigurationError, DatabaseUnavailable
-from ..testing import FaultProxy
-from ._common import EXIT_BAD_INPUT, EXIT_FAIL, EXIT_OK, CLIError, one_line, parse_target, say
-from ._faults import (
+from ... import events
+from ..._states import State
+from ..._supervisor import Supervisor
+from ...config import with_host
+from ...errors import ConfigurationError, DatabaseUnavailable
+from ...testing import FaultProxy
+from .._common import EXIT_BAD_INPUT, EXIT_FAIL, EXIT_OK, CLIError, one_line, parse_target, say
+from .faults import (
     CloseUnderneath,
     Fault,
     FaultRecord,
@@ -41,8 +40,9 @@ from ._faults import (
     NetworkReset,
     SQLiteTarget,
 )
-from ._report import render_faults, render_summary, tally
-from ._workload import (
+from .raw_clients import RawAiomysql, RawAiosqlite, RawAsyncpg
+from .report import render_faults, render_summary, tally
+from .workload import (
     DIALECTS,
     SQLITE,
     Client,
@@ -321,7 +321,7 @@ async def _play(sc: Scenario, duration: float, plot: str | None) -> int:
         if len(story) > MAX_STORY:
             say(f"  ... and {len(story) - MAX_STORY} more")
     if plot is not None:
-        from ._plot import draw
+        from .plot import draw
 
         draw(plot, live.timeline, states, records, [t.label for t in tallies], end)
         say(f"timeline written to {plot}")

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import quote
 
-from ..testing import FaultProxy
+from ...testing import FaultProxy
 
 __all__ = [
     "CloseUnderneath",

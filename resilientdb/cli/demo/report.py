@@ -17,8 +17,8 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ._faults import FaultRecord
-from ._workload import ACCOUNTS, INITIAL_BALANCE, KINDS, Op, Written
+from .faults import FaultRecord
+from .workload import ACCOUNTS, INITIAL_BALANCE, KINDS, Op, Written
 
 __all__ = ["Tally", "recovery", "render_faults", "render_summary", "tally"]
 

@@ -1,6 +1,6 @@
 """The demo's workload: reads, single-statement writes and transfers, each write with a
 client-generated unique id, so that afterwards the database can be reconciled with what the
-application was told (the same method as ``tests/ledger.py``).
+application was told (the same method as ``harness/ledger.py``).
 
 A :class:`Run` drives one :class:`Client` (resilientdb, or a raw driver) with paced workers
 and records every operation: when it started and ended, and how it ended. Nothing here
@@ -19,8 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from .._database import Database
-from ..errors import DatabaseUnavailable, OutcomeUnknown, SupervisorClosed, TransactionLost
+from ..._database import Database
+from ...errors import DatabaseUnavailable, OutcomeUnknown, SupervisorClosed, TransactionLost
 
 __all__ = ["KINDS", "Client", "Dialect", "Op", "Run", "Schema", "SupervisedClient", "Written"]
 
@@ -32,7 +32,8 @@ KINDS = ("read", "write", "transaction")
 
 @dataclass(frozen=True)
 class Dialect:
-    """What differs between backends: placeholders and the auto-increment column."""
+    """What differs between backends: placeholders and the auto-increment column (the dev
+    harness, ``harness/backends.py``, builds its fuller descriptions on these)."""
 
     name: str
     style: str  # "$" (asyncpg), "%s" (aiomysql) or "?" (sqlite3)

@@ -1,4 +1,4 @@
-"""The throwaway PostgreSQL server (see ``tests/servers.py``)."""
+"""The throwaway PostgreSQL server (see ``harness/servers.py``)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import psutil
 
-from tests._server_base import (
+from harness._server_base import (
     APP_DATABASE,
     APP_USER,
     SECURE_PASSWORD,
@@ -26,8 +26,8 @@ from tests._server_base import (
     _Server,
     _tail,
     find_binary,
-    wait_for,
 )
+from harness.polling import wait_for
 
 # --------------------------------------------------------------------------------------------
 # PostgreSQL
@@ -343,3 +343,12 @@ class PostgresServer(_Server):
         Raises :class:`ServerError` on any SQL error.
         """
         return self._psql(sql, database=database)
+
+    def kill_app_connections(self) -> int:
+        """Terminate every session of the ``app`` user from outside; how many there were."""
+        return int(
+            self.admin_query(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE usename = 'app'"
+            )
+        )

@@ -1,4 +1,4 @@
-"""The throwaway MariaDB server (see ``tests/servers.py``)."""
+"""The throwaway MariaDB server (see ``harness/servers.py``)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from tests._server_base import (
+from harness._server_base import (
     APP_DATABASE,
     APP_USER,
     SECURE_PASSWORD,
@@ -263,3 +263,15 @@ class MariaDBServer(_Server):
             args.append(f"--database={database}")
         args += ["-e", sql]
         return self._run(args, timeout=60).stdout.rstrip("\n")
+
+    def kill_app_connections(self) -> int:
+        """KILL every connection of the ``app`` user from outside; how many were killed."""
+        ids = self.admin_query("SELECT id FROM information_schema.processlist WHERE user = 'app'")
+        killed = 0
+        for line in ids.split():
+            try:
+                self.admin_query(f"KILL {int(line)}")
+                killed += 1
+            except Exception:  # the connection went away by itself meanwhile
+                pass
+        return killed

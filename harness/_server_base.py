@@ -1,5 +1,5 @@
 """What the throwaway servers share: constants, helpers, the registry of live servers and
-the ``_Server`` base class. Import from ``tests.servers``, which re-exports the public names."""
+the ``_Server`` base class. Import from ``harness.servers``, which re-exports the public names."""
 
 from __future__ import annotations
 
@@ -13,8 +13,7 @@ import signal
 import socket
 import tempfile
 import threading
-import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from types import FrameType, TracebackType
 from typing import ClassVar, NoReturn, Self
@@ -22,6 +21,8 @@ from urllib.parse import quote
 
 import psutil
 import pytest
+
+from harness.polling import wait_for
 
 HOST = "127.0.0.1"
 APP_USER = "app"
@@ -110,17 +111,6 @@ def port_is_free(port: int) -> bool:
         except OSError:
             return False
         return True
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float, interval: float = 0.02) -> bool:
-    """Poll ``predicate`` until it is true or ``timeout`` seconds have passed."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if predicate():
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(interval)
 
 
 def _alive(proc: psutil.Process | None) -> bool:

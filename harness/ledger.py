@@ -16,7 +16,7 @@ Each operation writes rows with client-generated unique ids. The kinds of operat
 - error caught inside a transaction: a duplicate key caught by the callable, which carries
   on (PostgreSQL has aborted the transaction by then and answers COMMIT with ROLLBACK).
 
-Afterwards ``tests/_ledger_report.py`` reconciles: every row of a success exactly once, of
+Afterwards ``harness/_ledger_report.py`` reconciles: every row of a success exactly once, of
 an ``OutcomeUnknown`` at most once, of a failure meaning "nothing applied" never; the hot
 marks in aggregate; the balances sum to the starting total and agree with the journal. The
 ids are deliberately not unique in the database, so a write applied twice shows as a
@@ -33,6 +33,8 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from harness._ledger_report import Op, Outcomes, Report, reconcile
+from harness.backends import MYSQL, POSTGRES, SQLITE, Dialect
 from resilientdb import (
     DatabaseUnavailable,
     OutcomeUnknown,
@@ -40,8 +42,6 @@ from resilientdb import (
     TransactionLost,
     TransactionRolledBack,
 )
-from tests._ledger_dialects import MYSQL, POSTGRES, SQLITE, Dialect
-from tests._ledger_report import Op, Outcomes, Report, reconcile
 
 __all__ = [
     "MYSQL",
@@ -313,6 +313,6 @@ class Ledger:
             balances,
             expected,
             expected_total=self.initial * self.accounts,
-            replays=self.sup.db._monitor.replays,
+            replays=self.sup.db.statistics().replays,
             faults=faults,
         )

@@ -1,7 +1,8 @@
-"""Throwaway PostgreSQL and MariaDB servers for the test suite (test support, not product code).
+"""Throwaway PostgreSQL and MariaDB servers for the test suite and the benchmarks (dev-only
+harness code, not shipped in the wheel).
 
 Each server lives in its own temporary directory, listens only on 127.0.0.1 on a free port and
-is torn down by :meth:`cleanup` (the fixtures in ``conftest.py`` call it at session end; an
+is torn down by :meth:`cleanup` (the fixtures in ``tests/conftest.py`` call it at session end; an
 ``atexit`` hook and a SIGTERM handler are a backstop for aborted sessions). The system services
 on 5432 / 3306 are never touched.
 
@@ -27,9 +28,9 @@ The code lives in ``_server_base.py`` (helpers, the registry, the shared base cl
 
 from __future__ import annotations
 
-from tests._mariadb_server import MariaDBServer
-from tests._pg_server import PostgresServer
-from tests._server_base import (
+from harness._mariadb_server import MariaDBServer
+from harness._pg_server import PostgresServer
+from harness._server_base import (
     APP_DATABASE,
     APP_USER,
     HOST,
@@ -44,8 +45,8 @@ from tests._server_base import (
     in_ci,
     port_is_free,
     require,
-    wait_for,
 )
+from harness.polling import wait_for
 
 __all__ = [
     "APP_DATABASE",

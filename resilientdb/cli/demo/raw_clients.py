@@ -1,8 +1,9 @@
 """The demo's contrast: the same workload on the raw driver, without resilientdb.
 
-It lives with the adapters because it is driver code (nothing outside ``backends/`` imports a
-driver): it shows what an application written directly against aiosqlite, asyncpg or aiomysql
-sees under the same faults. Each client is what a careful but ordinary application does:
+The one place outside ``backends/`` that imports a driver, on purpose: it shows what an
+application written directly against aiosqlite, asyncpg or aiomysql sees under the same
+faults (the drivers are imported only when a client is set up). Each client is what a careful
+but ordinary application does:
 
 - aiosqlite: one connection per worker, reopened when it is found closed, the same busy
   timeout as the supervised run; a transfer is ``BEGIN IMMEDIATE`` ... ``COMMIT``.
@@ -21,8 +22,8 @@ import sqlite3
 import warnings
 from typing import Any
 
-from ..cli._workload import ACCOUNTS, INITIAL_BALANCE, OP_TIMEOUT, Schema, Written, read_written
-from ..config import DSN
+from ...config import DSN
+from .workload import ACCOUNTS, INITIAL_BALANCE, OP_TIMEOUT, Schema, Written, read_written
 
 __all__ = ["RawAiomysql", "RawAiosqlite", "RawAsyncpg"]
 

@@ -10,7 +10,7 @@ import itertools
 from collections.abc import Sequence
 from typing import Any
 
-from ._faults import FaultRecord
+from .faults import FaultRecord
 
 __all__ = ["draw"]
 
