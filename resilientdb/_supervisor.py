@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import importlib
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from types import TracebackType
@@ -16,6 +15,7 @@ from ._monitor import Monitor
 from ._states import SEVERITY, State
 from ._statistics import BackendStatistics
 from ._tasks import TaskGroup
+from .backends import registry
 from .backends.base import Backend
 from .config import DSN, BackendConfig, Options, resolve_backend, supervisor_options
 from .errors import ConfigurationError, DatabaseUnavailable, SupervisorClosed
@@ -296,8 +296,6 @@ _ADAPTER_METHODS = ("open", "probe", "refresh", "close", "acquire", "classify", 
 
 
 def default_backend(name: str, dsn: DSN, options: Options) -> Backend:
-    """The adapter the DSN's scheme names (the default ``backend_factory``)."""
-    module_name, _, cls_name = dsn.driver.adapter.partition(":")
-    module = importlib.import_module(module_name)
-    backend: Backend = getattr(module, cls_name)(dsn, options)
-    return backend
+    """The adapter the DSN's scheme names in the backend registry (the default
+    ``backend_factory``)."""
+    return registry.create(dsn, options)
