@@ -13,8 +13,7 @@ import sys
 import time
 from typing import Any
 
-from .. import Supervisor
-from .._statistics import BackendStatistics
+from .. import BackendStatistics, Supervisor
 from ..config import DSN
 from ..errors import ConfigurationError, DatabaseUnavailable
 from ..events import Reconnecting
