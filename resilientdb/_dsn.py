@@ -1,64 +1,26 @@
-"""Connection URLs: parsing, validation and redaction.
+"""Connection URLs: parsing and validation, once, at construction; ``with_host`` to point one
+at a proxy. What each scheme accepts is the backend registry's (``backends/registry.py``).
 
 A DSN is parsed once, at construction, and refused when it cannot be read one way only: a
 password holding an unencoded ``#``, ``/`` or ``?`` ends the authority early, so urlsplit would
 see a different host, port and password than the user wrote (``postgresql://u:12#ab@host/db``
 parses as host ``u``, port 12), and the drivers may split it differently again (asyncpg cuts
-the user information at the first ``@``, urlsplit at the last). ``redact`` is written for the
-same inputs: it never returns the secret, whatever the text.
+the user information at the first ``@``, urlsplit at the last). ``redact`` (in ``_redact.py``)
+is written for the same inputs: it never returns the secret, whatever the text.
 """
 
 from __future__ import annotations
 
 import difflib
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import SplitResult, parse_qsl, unquote, urlsplit, urlunsplit
 
-from ._driver_checks import check_dsn_options
+from ._redact import redact
+from .backends import registry
 from .errors import ConfigurationError
 
-__all__ = ["DSN", "REDACTED", "SCHEMES", "parse_dsn", "redact", "secret_spans", "with_host"]
-
-REDACTED = "***"
-
-
-@dataclass(frozen=True, slots=True)
-class _Driver:
-    backend: str  # adapter name: "postgres", "mysql", "sqlite"
-    module: str  # the driver package that must be importable
-    extra: str  # the pip extra that installs it
-    adapter: str  # "package.module:Class", imported lazily
-    options: frozenset[str]  # query-string options the driver understands
-
-
-_PG_OPTIONS = frozenset(
-    {
-        "host", "port", "user", "password", "passfile", "database", "dbname", "sslmode",
-        "sslcert", "sslkey", "sslrootcert", "sslcrl", "sslpassword", "ssl_min_protocol_version",
-        "ssl_max_protocol_version", "target_session_attrs", "krbsrvname", "gsslib", "service",
-        "application_name",
-    }
-)  # fmt: skip
-_MYSQL_OPTIONS = frozenset({"charset", "unix_socket", "ssl", "init_command", "program_name"})
-_SQLITE_OPTIONS = frozenset({"mode", "cache", "timeout", "journal_mode"})
-
-_ADAPTERS = "resilientdb.backends."
-_PG = _Driver(
-    "postgres", "asyncpg", "postgres", _ADAPTERS + "postgres:PostgresBackend", _PG_OPTIONS
-)
-_MY = _Driver("mysql", "aiomysql", "mysql", _ADAPTERS + "mysql:MySQLBackend", _MYSQL_OPTIONS)
-_LITE = _Driver(
-    "sqlite", "aiosqlite", "sqlite", _ADAPTERS + "sqlite:SQLiteBackend", _SQLITE_OPTIONS
-)
-SCHEMES: dict[str, _Driver] = {
-    "postgresql": _PG,
-    "postgres": _PG,
-    "mysql": _MY,
-    "mariadb": _MY,
-    "sqlite": _LITE,
-}
+__all__ = ["DSN", "parse_dsn", "with_host"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,57 +43,6 @@ class DSN:
 
     def __repr__(self) -> str:
         return f"DSN({redact(self.raw)!r})"
-
-    @property
-    def driver(self) -> _Driver:
-        return SCHEMES[self.scheme]
-
-
-# --- redaction ------------------------------------------------------------------------------
-
-_SCHEME = re.compile(r"\s*[A-Za-z][A-Za-z0-9+.-]*://")
-# Up to the next '&' only: a '#' inside the value is part of the secret, not a fragment.
-_PASSWORD_QUERY = re.compile(r"(?i)[?&](?:password|sslpassword)=([^&]*)")
-
-
-def secret_spans(dsn: str) -> list[tuple[int, int]]:
-    """Where the passwords of ``dsn`` are, as sorted, disjoint ``(start, end)`` indexes.
-
-    A well-formed URL's password runs from the user name's ``:`` to the last ``@`` of the
-    authority. Where an ``@`` follows a ``/``, ``?`` or ``#`` (a password that should have been
-    percent-encoded) the span runs to the last ``@`` of all, which is at or past the end of any
-    password the text may hold. Query values of ``password=`` and ``sslpassword=`` follow.
-    """
-    spans: list[tuple[int, int]] = []
-    scheme = _SCHEME.match(dsn)
-    start = scheme.end() if scheme else 0
-    authority_end = next((i for i in range(start, len(dsn)) if dsn[i] in "/?#"), len(dsn))
-    at = dsn.rfind("@", start)
-    # "scheme:///path" has no authority: an '@' there belongs to a path (sqlite:///a:b@c.db)
-    # or to an option, never to a password.
-    if at >= 0 and not (scheme and authority_end == start):
-        colon = dsn.find(":", start, at)
-        if colon >= 0:
-            spans.append((colon + 1, at))
-    after = spans[-1][1] if spans else 0
-    spans += [m.span(1) for m in _PASSWORD_QUERY.finditer(dsn, after)]
-    return spans
-
-
-def redact(dsn: str) -> str:
-    """The DSN with any password replaced by ``***`` (also in the query string).
-
-    Safe on any input: it never raises and never returns the secret (see ``secret_spans``).
-    A well-formed URL keeps everything but the password.
-    """
-    if not isinstance(dsn, str):
-        return "<not a DSN>"
-    # Edited as text, never rebuilt: urlunsplit would drop the empty host of sqlite:///x.db.
-    out, last = [], 0
-    for begin, end in secret_spans(dsn):
-        out += [dsn[last:begin], REDACTED]
-        last = end
-    return "".join(out) + dsn[last:]
 
 
 # --- parsing --------------------------------------------------------------------------------
@@ -211,11 +122,11 @@ def parse_dsn(dsn: str) -> DSN:
         raise ConfigurationError(f"a DSN must be a non-empty string, not {type(dsn).__name__}")
     shown = redact(dsn)
     scheme = dsn.split(":", 1)[0].lower() if "://" in dsn else ""
-    if scheme not in SCHEMES:
-        known = ", ".join(f"{s}://" for s in SCHEMES)
+    driver = registry.spec_for(scheme)
+    if driver is None:
+        known = ", ".join(f"{s}://" for s in registry.schemes())
         what = f"unknown scheme {scheme + '://'!r}" if scheme else "no scheme"
         raise ConfigurationError(f"DSN {shown!r} has {what}; use one of {known}")
-    driver = SCHEMES[scheme]
     _check_text(dsn, shown)
     try:
         parts = urlsplit(dsn)
@@ -223,11 +134,11 @@ def parse_dsn(dsn: str) -> DSN:
         raise ConfigurationError(
             f"malformed DSN {shown!r}: an IPv6 host is written in brackets, [::1]"
         ) from None
-    if driver.backend != "sqlite":
+    if not driver.path:
         _check_authority(parts, shown)
     port = _port(parts, shown)
-    options = _options(parts.query, driver.options, driver.backend, shown)
-    if driver.backend == "sqlite":
+    options = _options(parts.query, driver.options, driver.name, shown)
+    if driver.path:
         # sqlite:///relative.db, sqlite:////abs/path.db, sqlite:///:memory:
         if parts.netloc:
             raise _bad(
@@ -237,7 +148,10 @@ def parse_dsn(dsn: str) -> DSN:
         path = unquote(parts.path[1:]) if parts.path.startswith("/") else ""
         if not path:
             raise _bad(shown, "SQLite needs a file path or :memory:")
-        return DSN(dsn, scheme, driver.backend, None, None, None, None, None, path, options)
+        parsed = DSN(dsn, scheme, driver.name, None, None, None, None, None, path, options)
+        if driver.check_dsn is not None:
+            driver.check_dsn(parsed, shown)
+        return parsed
     if not parts.hostname and "host" not in options and "unix_socket" not in options:
         raise ConfigurationError(f"DSN {shown!r} has no host")
     database = unquote(parts.path[1:]) if parts.path.startswith("/") else None
@@ -246,7 +160,7 @@ def parse_dsn(dsn: str) -> DSN:
     parsed = DSN(
         dsn,
         scheme,
-        driver.backend,
+        driver.name,
         parts.hostname,
         port,
         unquote(parts.username) if parts.username else None,
@@ -255,7 +169,8 @@ def parse_dsn(dsn: str) -> DSN:
         None,
         options,
     )
-    check_dsn_options(parsed, shown)
+    if driver.check_dsn is not None:
+        driver.check_dsn(parsed, shown)
     return parsed
 
 

@@ -33,7 +33,7 @@ from typing import Any
 
 from ._catalog import operators_harmless
 from ._leases import Attempts, Leases, deadline_after
-from ._replay import Verdict, opens_first, verdict
+from ._replay import Verdict, opens_first, reads_after_opening, verdict
 from ._states import State
 from .backends.base import Connection, ErrorKind
 from .errors import OutcomeUnknown, TransactionRolledBack
@@ -111,6 +111,7 @@ class Engine(Leases):
                 raise
             if backend.in_transaction(conn):
                 await self._left_open(cm, conn, generation, op, query, deadline)
+                return result  # it opened a transaction and only read in it: nothing lost
             await self.release(cm, generation, op, deadline)
             return result
 
@@ -126,7 +127,8 @@ class Engine(Leases):
         """The text opened a transaction and left it open (``BEGIN; INSERT ...``, MySQL's
         ``SET autocommit = 0``): what it did after that is uncommitted, and giving the
         connection back rolls it back. Success would report a write that never lands: roll
-        back now and raise what that means."""
+        back now and raise what that means. Returns (the call succeeds) only when the text did
+        nothing but open the transaction and read."""
         try:
             await conn.execute(
                 "ROLLBACK", timeout=self.bound(self.options.command_timeout, deadline)
@@ -135,7 +137,10 @@ class Engine(Leases):
             self.backend.discard(conn)  # the server rolls back when the connection closes
         await self.release(cm, generation, op, deadline)
         advice = "use db.transaction() to run several statements in one transaction"
-        if opens_first(query, self.backend.facts.family):
+        family = self.backend.facts.family
+        if opens_first(query, family) and reads_after_opening(query, family):
+            return  # a lone BEGIN, or BEGIN and reads: rolling back lost nothing
+        if opens_first(query, family):
             raise TransactionRolledBack(
                 f"backend {self.name!r}: the statement text opened a transaction and left it "
                 f"open; resilientdb rolled it back and nothing of it was written ({advice})"
@@ -143,8 +148,8 @@ class Engine(Leases):
         self.monitor.count_outcome_unknown()
         raise OutcomeUnknown(
             f"backend {self.name!r}: the statement text left a transaction open; resilientdb "
-            f"rolled it back, but what ran before the transaction opened may have been "
-            f"committed ({advice})"
+            f"sent ROLLBACK for it (a prepared XA transaction outlives that: see XA RECOVER), "
+            f"but what ran before the transaction opened may have been committed ({advice})"
         )
 
     # -- deciding after a failure ----------------------------------------------------------

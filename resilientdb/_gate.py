@@ -5,9 +5,10 @@ the hot path takes no lock and makes no await here). CONNECTING / RECONNECTING: 
 waits for the next state change, bounded by its deadline and by ``max_waiters``. FAILED: fail
 fast with the last cause. CLOSED: ``SupervisorClosed``.
 
-Waiters are one future each in a set, not a shared ``asyncio.Event``: a cancelled or timed-out
-waiter removes exactly its own entry in ``finally``, so nothing is left behind, and the count
-of waiters is simply the size of the set.
+Waiters queue in a ``Waiting`` (``_waiting.py``, the one waiter queue the pools use too), not
+on a shared ``asyncio.Event``: a cancelled or timed-out waiter removes exactly its own entry,
+so nothing is left behind, and the count of waiters is the queue's length. A state change
+hands every waiter a wake-up; each then re-checks the state.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import asyncio
 from ._redact import describe
 from ._states import State
 from ._statistics import GateStatistics
+from ._waiting import Waiting
 from .errors import DatabaseUnavailable, Overloaded, SupervisorClosed
 
 __all__ = ["Gate"]
@@ -46,7 +48,7 @@ class Gate:
             "`await supervisor.start()` first"
         )
         self.last_error: BaseException | None = None
-        self._waiters: set[asyncio.Future[None]] = set()
+        self._waiters: Waiting[None] = Waiting()
         self.wait_seconds = 0.0  # total time callers spent waiting here (metrics)
         self.wait_count = 0
 
@@ -67,9 +69,8 @@ class Gate:
 
     def wake_all(self) -> None:
         """Let every waiter re-check the state (after each state change)."""
-        for fut in self._waiters:
-            if not fut.done():
-                fut.set_result(None)
+        while self._waiters.hand(None):
+            pass
 
     async def wait(self, deadline: float | None) -> None:
         """Return once the state is CONNECTED, or raise why the caller cannot go on.
@@ -113,17 +114,11 @@ class Gate:
 
     async def wait_change(self, timeout: float | None) -> None:
         """Wait for the next state change; ``TimeoutError`` after ``timeout`` seconds."""
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.add(fut)
-        try:
-            if timeout is None:
-                await fut
-            else:
-                async with asyncio.timeout(timeout):
-                    await fut
-        finally:
-            # Whatever ends the wait (wake, timeout, cancellation), the entry goes with it.
-            self._waiters.discard(fut)
+        if timeout is None:
+            await self._waiters.wait()
+        else:
+            async with asyncio.timeout(timeout):
+                await self._waiters.wait()
 
     def _timed_out(self) -> DatabaseUnavailable:
         return DatabaseUnavailable(

@@ -26,23 +26,17 @@ import logging
 import random
 import time
 from collections.abc import Awaitable
-from typing import Any, cast
+from typing import cast
 
+from ._figures import Figures
 from ._gate import Gate
 from ._redact import describe
 from ._states import Action, Signal, State, transition
-from ._statistics import BackendStatistics
 from ._tasks import Spawn, finish, spawn_unowned
-from .backends.base import Backend, ErrorKind, Maintains, PoolStats
+from .backends.base import Backend, ErrorKind, Maintains
 from .config import Options
 from .events import (
-    Connected,
-    Disconnected,
-    ErrorOccurred,
     EventBus,
-    OperationReplayed,
-    Reconnected,
-    ReconnectFailed,
     Reconnecting,
     StateChanged,
 )
@@ -55,27 +49,13 @@ logger = logging.getLogger("resilientdb")
 CLOSE_GRACE = 5.0
 
 
-class Monitor:
-    """Supervises one backend adapter."""
+class Monitor(Figures):
+    """Supervises one backend adapter (its figures and events: ``Figures``)."""
 
     def __init__(self, name: str, backend: Backend, options: Options, bus: EventBus) -> None:
-        self.name = name
-        self.backend = backend
-        self.options = options
-        self.bus = bus
-        self.gate = Gate(name, options.max_waiters)
-        self.generation = 0
+        super().__init__(name, backend, options, bus, Gate(name, options.max_waiters))
         self.attempts = 0  # failed probes since the last success
-        self.total_attempts = 0  # every open/probe made while not connected
-        self.reconnects = 0
-        self.replays = 0
-        self.outcome_unknown = 0
-        self.timeouts = 0
-        self.state_since = time.monotonic()
-        self.time_in_state: dict[State, float] = dict.fromkeys(State, 0.0)
-        self._down_since: float | None = None
         self._failing_since: float | None = None  # the failed call or probe that began a check
-        self._ever_connected = False
         self._next_delay = 0.0
         self._suspect = False
         self._rng = random.Random()
@@ -84,14 +64,9 @@ class Monitor:
         self._task: asyncio.Task[None] | None = None
         self._opening = False
         self._checked: asyncio.Future[None] | None = None  # set while a check is pending
-        self._cleanups: set[asyncio.Task[Any]] = set()
         self._spawn: Spawn = spawn_unowned
         self._stopping = False  # set by aclose: the loop ends even if a cancel was swallowed
         backend.set_connect_gate(self._pool_may_connect)
-
-    @property
-    def state(self) -> State:
-        return self.gate.state
 
     def _pool_may_connect(self) -> bool:
         # The pool opens connections only while connected and not checking (so that only the
@@ -154,6 +129,8 @@ class Monitor:
         self._stopping = True
         task, self._task = self._task, None
         await finish(task)
+        if self._first_attempt is not None:
+            self._first_attempt.set()  # a start() still waiting for it returns now
         await self._signal(Signal.CLOSE)
 
     # -- reports from callers (synchronous: the state flips before the caller awaits) ------
@@ -185,32 +162,6 @@ class Monitor:
         checked, self._checked = self._checked, None
         if checked is not None and not checked.done():
             checked.set_result(None)
-
-    def replayed(self, operation: str, replay: int, cause: BaseException) -> None:
-        """Count a replay and announce it (``OperationReplayed``)."""
-        self.replays += 1
-        self.bus.emit(
-            OperationReplayed(
-                backend=self.name,
-                operation=operation,
-                replay=replay,
-                reason=type(cause).__name__,
-                cause=describe(cause),
-            )
-        )
-
-    def _error(self, operation: str, exc: BaseException) -> None:
-        text = describe(exc)
-        kind = type(exc).__name__
-        self.bus.emit(
-            ErrorOccurred(
-                backend=self.name,
-                operation=operation,
-                error_type=kind,
-                message_text=text[len(kind) + 2 :] if text.startswith(kind + ": ") else text,
-                error=exc,
-            )
-        )
 
     # -- the state machine --------------------------------------------------------------------
 
@@ -268,75 +219,6 @@ class Monitor:
             self._end_check()  # the verdict is in: callers go back to the gate
         if new is not old:
             self.bus.emit(StateChanged(backend=self.name, old=old, new=new))
-
-    def _announce(self, old: State, new: State, cause: BaseException | None) -> None:
-        why = describe(cause) if cause is not None else "unknown"
-        downtime = self.downtime
-        if new is State.CONNECTED:
-            if self._ever_connected:
-                self.reconnects += 1
-                self.bus.emit(
-                    Reconnected(backend=self.name, attempts=self.total_attempts, downtime=downtime)
-                )
-            else:
-                self.bus.emit(Connected(backend=self.name))
-            self._ever_connected = True
-            self._down_since = None
-            self.total_attempts = 0
-        elif new is State.RECONNECTING and old is State.CONNECTED:
-            self.bus.emit(Disconnected(backend=self.name, cause=why))
-        elif new is State.FAILED:
-            permanent = (
-                cause is not None and self.backend.classify_connect(cause) is ErrorKind.PERMANENT
-            )
-            self.bus.emit(
-                ReconnectFailed(
-                    backend=self.name,
-                    attempts=self.total_attempts,
-                    downtime=downtime,
-                    cause=why,
-                    permanent=permanent,
-                )
-            )
-
-    def count_outcome_unknown(self) -> None:
-        """An ``OutcomeUnknown`` was raised to a caller of this backend."""
-        self.outcome_unknown += 1
-
-    def statistics(self, now: float | None = None) -> BackendStatistics:
-        """This backend's figures now (no I/O)."""
-        now = time.monotonic() if now is None else now
-        in_state = dict(self.time_in_state)
-        in_state[self.state] += now - self.state_since
-        return BackendStatistics(
-            name=self.name,
-            state=self.state,
-            pool=self._pool_statistics(),
-            gate=self.gate.statistics(),
-            generation=self.generation,
-            reconnects=self.reconnects,
-            replays=self.replays,
-            outcome_unknown=self.outcome_unknown,
-            timeouts=self.timeouts,
-            downtime=self.downtime,
-            releasing=len(self._cleanups),
-            time_in_state=in_state,
-        )
-
-    def _pool_statistics(self) -> PoolStats:
-        try:
-            return self.backend.stats()
-        except Exception:
-            # A broken adapter's gauges must not break a scrape or a readiness probe.
-            opts = self.options
-            return PoolStats(
-                size=0, idle=0, in_use=0, min_size=opts.min_size, max_size=opts.max_size
-            )
-
-    @property
-    def downtime(self) -> float:
-        """Seconds since the backend was last connected (0 when connected)."""
-        return 0.0 if self._down_since is None else time.monotonic() - self._down_since
 
     def _gave_up(self) -> bool:
         opts = self.options

@@ -36,8 +36,18 @@ from dataclasses import dataclass
 
 from ._builtins import HARMLESS, NEVER, NOT_CALLS
 from ._sql import CLOSE, COMMA, LITERAL, OPEN, OPERATOR, PUNCT, WORD, Statement, Token, readings
+from ._statements import effective, ends_transaction, in_parts
 
-__all__ = ["Verdict", "is_commit", "is_read_only", "may_replay", "opens_first", "verdict"]
+__all__ = [
+    "Verdict",
+    "begins_with_commit",
+    "is_commit",
+    "is_read_only",
+    "may_replay",
+    "opens_first",
+    "reads_after_opening",
+    "verdict",
+]
 
 _READ_ONLY_STARTS = frozenset({"SELECT", "SHOW", "VALUES", "TABLE", "WITH"})
 _EXPLAIN_STARTS = frozenset({"EXPLAIN", "DESCRIBE", "DESC"})
@@ -47,12 +57,6 @@ _FALSE = frozenset({"FALSE", "OFF", "0"})  # PostgreSQL's defGetBoolean
 # Statements that run other statements, each of which may commit on its own (a procedure in
 # autocommit mode, a DO block with COMMIT): never "one statement" for a lost race.
 _COMPOUND = frozenset({"CALL", "DO", "EXECUTE", "BEGIN"})
-# MySQL/MariaDB statements that never commit implicitly (everything else may: DDL, LOCK
-# TABLES, START TRANSACTION, SET autocommit, CALL of a procedure that commits...).
-_MYSQL_KEEPS_TRANSACTION = frozenset(
-    {"SELECT", "INSERT", "UPDATE", "DELETE", "REPLACE", "WITH", "VALUES", "TABLE", "SHOW",
-     "DESCRIBE", "DESC", "EXPLAIN", "SAVEPOINT", "RELEASE", "DO", "HANDLER", "SET"}
-)  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,12 +107,12 @@ def verdict(sql: str, family: str) -> Verdict:
         single = single and len(reading.statements) == 1
         for whole in reading.statements:
             runs = True
-            st = _effective(whole, family)
+            st = effective(whole, family)
             if st is None:
                 return _MAY_WRITE
             lead = st.leading
-            compound = compound or lead is None or lead in _COMPOUND or _in_parts(st, family)
-            ends = ends or _ends_transaction(st, family)
+            compound = compound or lead is None or lead in _COMPOUND or in_parts(st, family)
+            ends = ends or ends_transaction(st, family)
             locks = locks or _locks(st)
             if not read_only:
                 continue  # still reading on for `single` and `ends`
@@ -165,42 +169,6 @@ def may_replay(*, unsent: bool, sql: str | None, idempotent: bool | None) -> boo
     return sql is not None and is_read_only(sql)
 
 
-def _effective(st: Statement, family: str) -> Statement | None:
-    """The statement that really runs: MariaDB's ``SET STATEMENT var = value [, ...] FOR
-    stmt`` runs ``stmt`` (a CALL, DDL that commits implicitly...); None when no ``FOR`` ends
-    the settings (unreadable: assume the worst)."""
-    if family != "mysql" or st.leading != "SET" or st.word_after(1) != "STATEMENT":
-        return st
-    depth = 0
-    for k in range(st.start + 2, len(st.tokens)):
-        tok = st.tokens[k]
-        if tok == OPEN:
-            depth += 1
-        elif tok == CLOSE:
-            depth -= 1
-        elif depth == 0 and tok == (WORD, "FOR") and k + 1 < len(st.tokens):
-            return Statement(st.tokens, k + 1)
-    return None
-
-
-def _in_parts(st: Statement, family: str) -> bool:
-    """One statement that the server applies in parts, so that a failure can leave some of
-    it done: MySQL/MariaDB's DROP or RENAME of several tables (each is its own DDL), and
-    PostgreSQL's CONCURRENTLY (which commits its own steps; a failure leaves an invalid
-    index behind)."""
-    toks = st.tokens
-    if family == "postgresql":
-        return (WORD, "CONCURRENTLY") in toks
-    if family == "mysql" and st.leading in ("DROP", "RENAME"):
-        depth = 0
-        for tok in toks[st.start :]:
-            depth += tok == OPEN
-            depth -= tok == CLOSE
-            if depth == 0 and tok == COMMA:
-                return True
-    return False
-
-
 def opens_first(sql: str, family: str) -> bool:
     """``sql`` starts by opening a transaction (BEGIN, START TRANSACTION, MySQL's SET
     autocommit) and no later statement may commit: run outside a transaction and left open,
@@ -208,54 +176,47 @@ def opens_first(sql: str, family: str) -> bool:
     for reading in readings(sql, family):
         if reading.unsafe or not reading.statements:
             return False
-        first, *rest = reading.statements
-        if first.leading not in ("BEGIN", "START", "SET"):
+        first = effective(reading.statements[0], family)
+        rest = [effective(st, family) for st in reading.statements[1:]]
+        if first is None or first.leading not in ("BEGIN", "START", "SET"):
             return False
-        if first.leading == "SET" and not _ends_transaction(first, family):
+        if first.leading == "SET" and not ends_transaction(first, family):
             return False
-        if any(_effective(st, family) is None or _ends_transaction(st, family) for st in rest):
+        for st in rest:
+            if st is None or ends_transaction(st, family):
+                return False
+            if family != "mysql" and st.leading in ("BEGIN", "START"):
+                return False
+    return True
+
+
+def reads_after_opening(sql: str, family: str) -> bool:
+    """Every statement after the first is a plain read (no function whose volatility would
+    need the catalog): a text that opened a transaction and only read in it lost nothing when
+    that transaction is rolled back."""
+    for reading in readings(sql, family):
+        if reading.unsafe:
             return False
-        if family != "mysql" and any(st.leading in ("BEGIN", "START") for st in rest):
-            return False
+        for whole in reading.statements[1:]:
+            st = effective(whole, family)
+            if st is None or not _statement_is_read_only(st, family) or _calls(st, family) != set():
+                return False
     return True
 
 
 def is_commit(sql: str, family: str) -> bool:
     """``sql`` is one COMMIT (or PostgreSQL's END): the statement whose answer says whether
     the transaction committed."""
-    v = verdict(sql, family)
-    if not v.single:
-        return False
+    return verdict(sql, family).single and begins_with_commit(sql, family)
+
+
+def begins_with_commit(sql: str, family: str) -> bool:
+    """``sql`` starts with COMMIT (or PostgreSQL's END) in some reading: in a PostgreSQL
+    transaction that has failed, that COMMIT is answered ROLLBACK whatever follows it."""
     return any(
-        r.statements and r.statements[0].leading in ("COMMIT", "END") for r in readings(sql, family)
+        bool(r.statements) and r.statements[0].leading in ("COMMIT", "END")
+        for r in readings(sql, family)
     )
-
-
-def _ends_transaction(st: Statement, family: str) -> bool:
-    lead = st.leading
-    if lead is None:
-        return True
-    if family == "mysql":
-        if lead == "SET":
-            # SET autocommit commits when it turns it on; SET PASSWORD commits implicitly.
-            second = st.word_after(1)
-            return second == "PASSWORD" or any(t == (WORD, "AUTOCOMMIT") for t in st.tokens)
-        if lead == "ROLLBACK":
-            return not _rolls_back_to_savepoint(st)
-        return lead not in _MYSQL_KEEPS_TRANSACTION
-    if lead in ("COMMIT", "END", "ABORT"):
-        return True
-    if lead == "ROLLBACK":
-        return not _rolls_back_to_savepoint(st)
-    return lead == "PREPARE" and st.word_after(1) == "TRANSACTION"
-
-
-def _rolls_back_to_savepoint(st: Statement) -> bool:
-    """``ROLLBACK [WORK | TRANSACTION] TO [SAVEPOINT] name`` keeps the transaction open."""
-    second = st.word_after(1)
-    if second in ("WORK", "TRANSACTION"):
-        second = st.word_after(2)
-    return second == "TO"
 
 
 def _locks(st: Statement) -> bool:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import importlib
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from types import TracebackType
@@ -16,6 +15,7 @@ from ._monitor import Monitor
 from ._states import SEVERITY, State
 from ._statistics import BackendStatistics
 from ._tasks import TaskGroup
+from .backends import registry
 from .backends.base import Backend
 from .config import DSN, BackendConfig, Options, resolve_backend, supervisor_options
 from .errors import ConfigurationError, DatabaseUnavailable, SupervisorClosed
@@ -81,7 +81,7 @@ class Supervisor:
         self._databases: dict[str, Database] = {}
         for name, spec in specs.items():
             parsed, opts = resolve_backend(name, spec, options)
-            monitor = Monitor(name, factory(name, parsed, opts), opts, self._bus)
+            monitor = Monitor(name, _built(factory, name, parsed, opts), opts, self._bus)
             self._monitors[name] = monitor
             self._databases[name] = Database(Engine(monitor))
         if on_error is not None:
@@ -90,6 +90,7 @@ class Supervisor:
             self._bus.on(ErrorOccurred, on_error)
         self._started = False
         self._closed = False
+        self._closing: asyncio.Future[None] | None = None
         self._options = supervisor_options(options)  # the memory watchdog's settings
         self._watchdog: MemoryWatchdog | None = None
 
@@ -146,7 +147,9 @@ class Supervisor:
     # -- lifecycle ------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Start the supervisor tasks and make the first connection attempt of each backend."""
+        """Start the supervisor tasks and make the first connection attempt of each backend.
+
+        ``SupervisorClosed`` when the supervisor was closed before or while it started."""
         if self._closed:
             raise SupervisorClosed("a closed supervisor cannot be started again; create a new one")
         if self._started:
@@ -154,6 +157,8 @@ class Supervisor:
         self._started = True
         tasks = self._tasks
         await tasks.start()
+        if self._closed:  # aclose() ran while the group opened: start nothing
+            raise SupervisorClosed("the supervisor was closed while it started")
         self._bus.start(tasks.spawn)
         monitors = list(self._monitors.values())
         for monitor in monitors:
@@ -171,12 +176,21 @@ class Supervisor:
             self._watchdog.start(tasks.spawn)
         bound = max(m.options.connect_timeout for m in monitors) * 2
         await asyncio.gather(*(m.wait_first_attempt(bound) for m in monitors))
+        if self._closed:
+            raise SupervisorClosed("the supervisor was closed while it started")
 
     async def aclose(self) -> None:
-        """Close every pool and stop every task; waiting callers get ``SupervisorClosed``."""
-        if self._closed:
-            return
-        self._closed = True
+        """Close every pool and stop every task; waiting callers get ``SupervisorClosed``.
+
+        Idempotent, and safe to call concurrently: every caller returns once the close is
+        complete. The close runs to its end even if the caller is cancelled (it is bounded:
+        connections still being given back get a few seconds)."""
+        if self._closing is None:
+            self._closed = True
+            self._closing = asyncio.ensure_future(self._close())
+        await asyncio.shield(self._closing)
+
+    async def _close(self) -> None:
         watchdog, self._watchdog = self._watchdog, None
         try:
             if watchdog is not None:
@@ -266,9 +280,22 @@ def _backend_specs(
     return dict(dsn)
 
 
-def default_backend(name: str, dsn: DSN, options: Options) -> Backend:
-    """The adapter the DSN's scheme names (the default ``backend_factory``)."""
-    module_name, _, cls_name = dsn.driver.adapter.partition(":")
-    module = importlib.import_module(module_name)
-    backend: Backend = getattr(module, cls_name)(dsn, options)
+def _built(factory: BackendFactory, name: str, dsn: DSN, options: Options) -> Backend:
+    backend = factory(name, dsn, options)
+    missing = [m for m in _ADAPTER_METHODS if not callable(getattr(backend, m, None))]
+    if missing or getattr(backend, "facts", None) is None:
+        raise ConfigurationError(
+            f"backend {name!r}: backend_factory returned {type(backend).__name__}, not a "
+            f"backend adapter (missing: {', '.join(missing) or 'facts'})"
+        )
     return backend
+
+
+# What a backend_factory's result must have (the Backend protocol's methods).
+_ADAPTER_METHODS = ("open", "probe", "refresh", "close", "acquire", "classify", "classify_connect")
+
+
+def default_backend(name: str, dsn: DSN, options: Options) -> Backend:
+    """The adapter the DSN's scheme names in the backend registry (the default
+    ``backend_factory``)."""
+    return registry.create(dsn, options)

@@ -29,7 +29,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 from ._redact import describe
-from ._replay import is_commit, verdict
+from ._replay import begins_with_commit, is_commit, verdict
 from .backends.base import Connection, ErrorKind
 from .errors import OutcomeUnknown, TransactionClosed, TransactionLost, TransactionRolledBack
 
@@ -144,6 +144,8 @@ class Transaction:
         conn = self._conn
         backend = self._engine.backend
         family = backend.facts.family
+        if family == "postgresql" and begins_with_commit(query, family):
+            await self._refuse_if_failed(op, kw.get("timeout"))
         try:
             result = await getattr(conn, op)(query, *args, **kw)
         except Exception as exc:
@@ -172,6 +174,29 @@ class Transaction:
             # CHAIN, MySQL's START TRANSACTION). What came before may be committed.
             await self._ended(op, query, None)
         return result
+
+    async def _refuse_if_failed(self, op: str, timeout: float | None) -> None:
+        """Before the caller's own COMMIT on PostgreSQL: a transaction that has failed (an
+        error caught and ignored) answers COMMIT with ROLLBACK, whatever method sends it and
+        whatever follows it in the text, and nothing of it is written. Ask first (only such
+        texts pay the round trip): in a failed transaction even ``SELECT 1`` fails."""
+        try:
+            await self._conn.fetchval("SELECT 1", timeout=timeout)
+        except Exception as exc:
+            lost = isinstance(exc, TimeoutError) or (
+                self._engine.backend.classify(exc, self._conn) is ErrorKind.CONNECTION
+            )
+            if lost:
+                raise self.lose(exc, f"transaction {op}", committing=False) from exc
+            err = TransactionRolledBack(
+                f"backend {self._engine.name!r}: the transaction had failed earlier (an error "
+                f"was caught and the block carried on), so its COMMIT would be answered "
+                f"ROLLBACK; nothing of it was written"
+            )
+            err.__cause__ = self._failed or exc
+            await self.rollback_quietly()
+            self._mark(TxState.ROLLED_BACK, err)
+            raise err from err.__cause__
 
     async def _after_error(self, exc: Exception, op: str, query: str) -> None:
         """Record what a failed statement did to the transaction; raise when it was lost."""

@@ -5,7 +5,8 @@ DSN or a negative timeout fails at once with a message naming what to fix, never
 query hours later. Each option is checked on its own wherever it is given (``Supervisor``
 keywords, ``BackendConfig`` overrides); rules between options (``min_size <= max_size``) are
 checked on the options a backend ends up with, once overrides are merged. DSN parsing and
-redaction live in ``_dsn.py`` and are re-exported here.
+redaction live in ``_dsn.py`` and ``_redact.py``, what each driver accepts in the backend
+registry (``backends/registry.py``); the DSN names are re-exported here, where the docs put them.
 """
 
 from __future__ import annotations
@@ -13,33 +14,19 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import functools
-import importlib.util
 import inspect
 import math
-import sys
 from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from ._backoff import Backoff
-from ._driver_checks import check_connect_kwargs
-from ._dsn import DSN, parse_dsn, redact, with_host
-from ._dsn import REDACTED as REDACTED  # re-exported: resilientdb.testing.fake adds a scheme
-from ._dsn import SCHEMES as SCHEMES
-from ._dsn import _Driver as _Driver
+from ._dsn import DSN, parse_dsn, with_host
+from ._redact import redact
+from .backends import registry
 from .errors import ConfigurationError
 
 __all__ = ["DSN", "BackendConfig", "Options", "parse_dsn", "redact", "with_host"]
-
-
-def _find_spec(name: str) -> object | None:
-    # A module set to None in sys.modules is "blocked"; find_spec raises for it.
-    if name in sys.modules and sys.modules[name] is None:
-        return None
-    try:
-        return importlib.util.find_spec(name)
-    except (ImportError, ValueError):
-        return None
 
 
 ConnectHook = Callable[[Any], Awaitable[None]]
@@ -329,8 +316,9 @@ def resolve_backend(
         dsn, merged = parse_dsn(spec), dict(options)
     try:
         opts = Options(**merged)
-        check_driver(dsn)
-        check_connect_kwargs(dsn, opts)
+        driver = registry.spec_for(dsn.scheme)
+        assert driver is not None  # parse_dsn found it
+        driver.check(dsn, opts)
     except ConfigurationError as exc:
         raise ConfigurationError(f"backend {name!r}: {exc}") from None
     return dsn, opts
@@ -343,13 +331,3 @@ def supervisor_options(options: Mapping[str, Any]) -> Options:
     inconsistent on their own (``min_size=20``) where every backend's overrides settle them.
     """
     return Options.build(**{k: v for k, v in options.items() if k.startswith("memory_")})
-
-
-def check_driver(dsn: DSN) -> None:
-    """Raise ``ConfigurationError`` naming the extra to install when the driver is missing."""
-    driver = dsn.driver
-    if _find_spec(driver.module) is None:
-        raise ConfigurationError(
-            f"the {driver.backend} backend needs the {driver.module!r} package: "
-            f"pip install 'resilientdb[{driver.extra}]'"
-        )

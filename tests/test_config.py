@@ -73,9 +73,9 @@ def test_per_backend_overrides_are_validated_too() -> None:
 
 
 def test_missing_driver_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
-    import resilientdb.config as config
+    from resilientdb.backends import registry
 
-    monkeypatch.setattr(config, "_find_spec", lambda name: None)
+    monkeypatch.setattr(registry, "_find_spec", lambda name: None)
     with pytest.raises(ConfigurationError) as info:
         Supervisor("postgresql://app@db/app")
     assert "pip install 'resilientdb[postgres]'" in str(info.value)

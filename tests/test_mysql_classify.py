@@ -9,7 +9,7 @@ import pytest
 from pymysql import err as myerr
 
 from resilientdb._redact import scrub
-from resilientdb.backends.base import ConnectPaused, ErrorKind
+from resilientdb.backends.base import ConnectPaused, ErrorKind, PoolClosed
 from resilientdb.backends.mysql import CODE_KINDS, MySQLBackend, classify_error
 from resilientdb.config import Options, parse_dsn
 from resilientdb.errors import ConfigurationError
@@ -84,7 +84,7 @@ def test_query_errors_surface(code: int) -> None:
         (myerr.InterfaceError(0, "Not connected"), C),  # PyMySQL's spelling of the same
         (myerr.InterfaceError("Cancelled during execution"), C),
         (myerr.Error("Already closed"), C),  # ping(reconnect=False) on a closed connection
-        (myerr.InterfaceError(0, "pool is closed"), C),
+        (PoolClosed("the MySQL connection pool is closed"), C),  # the adapter's own
         (myerr.InternalError("Packet sequence number wrong - got 0 expected 1"), C),
         (myerr.InterfaceError("some other interface problem"), Q),
         (myerr.ProgrammingError("execute() first"), Q),
@@ -168,7 +168,7 @@ def test_unsent_only_for_pre_write_checks() -> None:
     assert b.unsent(myerr.InterfaceError(0, "Not connected (the server closed the connection)"))
     assert b.unsent(myerr.InterfaceError("Cancelled during execution"))
     assert b.unsent(myerr.Error("Already closed"))
-    assert b.unsent(myerr.InterfaceError(0, "pool is closed"))
+    assert b.unsent(PoolClosed("the MySQL connection pool is closed"))
     # 2013 mid-query: the statement may have run. Its message must not fool the check.
     assert not b.unsent(myerr.OperationalError(2013, "Lost connection to MySQL server"))
     assert not b.unsent(

@@ -458,7 +458,7 @@ async def test_cancellation_leaks_no_connection_and_no_task(mariadb: MariaDBServ
             await asyncio.gather(*calls, return_exceptions=True)
         await until(lambda: backend.stats().in_use == 0, timeout=5)
         assert asyncio.all_tasks() <= tasks_before | {asyncio.current_task()}
-        assert backend._pool._slots == 0 and not backend._pool._waiters
+        assert backend._pool._slots == 0 and not backend._pool._waiting
         assert sup.db.statistics().waiting == 0
         size = backend.stats().size
         assert size <= 5

@@ -18,7 +18,7 @@ import pytest
 
 from harness.polling import until
 from resilientdb import ConfigurationError, DatabaseUnavailable, State, Supervisor, events
-from resilientdb.backends.sqlite import SQLiteBackend, SQLiteConnection, error_code
+from resilientdb.backends.sqlite import SQLiteBackend, SQLiteLease, error_code
 from tests.handles import adapter, supervised
 
 LONG = (
@@ -158,7 +158,7 @@ async def test_transactions_hold_the_connection_whole(path: str, threads: None) 
         assert await asyncio.wait_for(other, timeout=5) == 1
         async with backend(sup).acquire(5) as conn:
             await conn.execute("BEGIN IMMEDIATE")
-            assert cast(SQLiteConnection, conn).in_transaction
+            assert cast(SQLiteLease, conn).in_transaction
             await conn.execute("INSERT INTO log VALUES ('left open')")
         # A transaction a single statement leaves open is rolled back when its lease ends:
         # the next statement must not end up inside it.
@@ -360,7 +360,7 @@ async def test_connection_closed_underneath_is_reopened_and_replayed(
         await raw.close()  # behind the pool's back, while idle
         # A write: replayed only because aiosqlite refused it before anything ran.
         assert await sup.db.execute("INSERT INTO log VALUES ('one')") == 1
-        link = backend(sup)._idle[-1]
+        link = backend(sup)._pool._idle[-1]
         await cast(Any, link.aconn)._execute(link.db.close)  # sqlite3 closed, aiosqlite not
         assert await sup.db.execute("INSERT INTO log VALUES ('two')") == 1
         assert sorted(r[0] for r in await sup.db.fetch("SELECT v FROM log")) == ["one", "two"]

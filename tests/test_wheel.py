@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from resilientdb._wheel import TimeoutWheel
+from resilientdb.backends._kit.wheel import TimeoutWheel
 
 
 async def test_times_out_about_on_time() -> None:

@@ -11,9 +11,11 @@ import enum
 from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from ..config import DSN, Options
+if TYPE_CHECKING:  # types only: the registry and DSN parsing import this module
+    from .._dsn import DSN
+    from ..config import Options
 
 __all__ = [
     "Backend",
@@ -23,6 +25,7 @@ __all__ = [
     "ErrorKind",
     "LooksUpFunctions",
     "Maintains",
+    "PoolClosed",
     "PoolStats",
     "TrimsIdle",
     "is_client_error",
@@ -36,6 +39,11 @@ class ConnectPaused(ConnectionError):
     Raised by adapters instead of connecting, so that during an outage only the supervisor's
     probe knocks on the server. Nothing was sent: the caller waits at the gate and replays.
     """
+
+
+class PoolClosed(ConnectionError):
+    """The adapter's pool is closed (or not open yet). Raised by every adapter's own pool
+    before anything is sent, so every adapter reports it as a lost connection, unsent."""
 
 
 class ErrorKind(enum.Enum):
@@ -67,7 +75,7 @@ class BackendFacts:
 
 @dataclass(frozen=True, slots=True)
 class PoolStats:
-    """Pool gauges at one instant."""
+    """Pool gauges at one instant (``Backend.stats()``; read by metrics, health and ``watch``)."""
 
     size: int  # connections open
     idle: int

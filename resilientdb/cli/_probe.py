@@ -12,8 +12,7 @@ import json
 import time
 from typing import Any
 
-from .. import Supervisor
-from .._statistics import BackendStatistics
+from .. import BackendStatistics, Supervisor
 from ..config import DSN
 from ..errors import ConfigurationError, DatabaseUnavailable
 from ..health import BackendHealth, HealthReport, HealthStatus

@@ -10,12 +10,20 @@ connections, inject a fault into the fake backend) without reaching into private
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-from .._supervisor import BackendFactory, default_backend
+from ..backends import registry
 from ..backends.base import Backend
 from ..config import DSN, Options
+
+# (backend name, parsed DSN, merged options) -> adapter: what Supervisor's backend_factory takes.
+BackendFactory = Callable[[str, DSN, Options], Backend]
+
+
+def default_backend(name: str, dsn: DSN, options: Options) -> Backend:
+    """The adapter the DSN's scheme names (what a Supervisor builds by default)."""
+    return registry.create(dsn, options)
 
 __all__ = ["Adapters"]
 

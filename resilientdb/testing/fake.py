@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..backends.base import BackendFacts, Connection, ErrorKind, PoolStats
-from ..config import DSN, SCHEMES, Options, _Driver
+from ..backends.registry import register
+from ..config import DSN, Options
 
 __all__ = [
     "FakeBackend",
@@ -235,6 +236,4 @@ class FakeBackend:
         return False
 
 
-SCHEMES["fake"] = _Driver(
-    "fake", "asyncio", "", "resilientdb.testing.fake:FakeBackend", frozenset()
-)
+register("fake", FakeBackend)

@@ -8,8 +8,8 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
-from resilientdb._dsn import SCHEMES, _Driver
 from resilientdb.backends.base import ConnectPaused, ErrorKind, PoolStats, with_closed_flag
+from resilientdb.backends.registry import register
 from tests.model.server import (
     FACTS,
     SERVERS,
@@ -142,7 +142,4 @@ class ModelBackend:
         return frozenset(names & {"stable_fn"}), frozenset()
 
 
-SCHEMES["model"] = _Driver("model", "asyncio", "", "tests.model.server:ModelBackend", frozenset())
-
-
-SCHEMES["model"] = _Driver("model", "asyncio", "", "tests.model.adapter:ModelBackend", frozenset())
+register("model", ModelBackend)

@@ -1,43 +1,43 @@
 """The MySQL adapter's pool: idle connections, slots, waiters, checkout and checkin, and the
 keepalive / trim work the monitor and the memory watchdog ask of it.
 
-Split from ``mysql.py`` (the error table and the backend facade, which owns one ``Pool``) to
-keep modules small; why the adapter has a pool of its own instead of ``aiomysql.create_pool``
-is in ``mysql.py``'s docstring.
+Why the adapter has a pool of its own instead of ``aiomysql.create_pool`` is in
+``backend.py``'s docstring; the mechanics shared with the SQLite pool (connect gate,
+generations, waiters, drain, idle expiry) are the kit's (``_kit/pool.py``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections import deque
-from collections.abc import Callable
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pymysql import err as myerr
+from .._kit.pool import PoolCore, close_stale, keepalive, ping_bound, trim_oldest
+from ..base import PoolClosed, PoolStats
+from .connection import MySQLConnection, alive, connect, quit_raw
 
-from .._wheel import TimeoutWheel
-from ..config import Options
-from ._mysql_connection import MySQLConnection, alive, connect, quit_raw
-from .base import ConnectPaused, PoolStats
+if TYPE_CHECKING:
+    from ...config import Options
 
-__all__ = ["CLOSE_TIMEOUT", "Pool"]
+__all__ = ["MySQLPool"]
 
-CLOSE_TIMEOUT = 5.0
+
+def _quit(conn: MySQLConnection) -> None:
+    quit_raw(conn.raw)
 
 
 class _Acquire:
     __slots__ = ("_conn", "_pool", "_timeout")
 
-    def __init__(self, pool: Pool, timeout: float | None) -> None:
+    def __init__(self, pool: MySQLPool, timeout: float | None) -> None:
         self._pool = pool
         self._timeout = timeout
         self._conn: MySQLConnection | None = None
 
     async def __aenter__(self) -> MySQLConnection:
-        self._conn = await self._pool._acquire(self._timeout)
+        self._conn = await self._pool.checkout(self._timeout)
         return self._conn
 
     async def __aexit__(
@@ -48,40 +48,32 @@ class _Acquire:
     ) -> None:
         conn, self._conn = self._conn, None
         if conn is not None:
-            self._pool._release(conn)
+            self._pool.checkin(conn)
 
 
-class Pool:
-    """At most ``max_size`` open connections, served LIFO, waiters in order (see ``mysql.py``).
+class MySQLPool(PoolCore[None]):
+    """At most ``max_size`` open connections, served LIFO, waiters in order (``backend.py``).
 
-    ``kwargs`` are aiomysql's connect arguments, already validated by the backend.
+    A waiter is handed a slot (``None``): the right to hold or open one connection.
+    ``kwargs`` are aiomysql's connect arguments, already validated by the registry's spec.
     """
 
     def __init__(self, kwargs: dict[str, Any], options: Options) -> None:
-        self.options = options
+        super().__init__(options, min_size=options.min_size, max_size=options.max_size)
         self._kwargs = kwargs
-        self._may_connect: Callable[[], bool] = lambda: True
         self._opened = False
-        self._generation = 0
         self._idle: deque[MySQLConnection] = deque()  # oldest left, most recently used right
-        self._wheel = TimeoutWheel()
         self._in_use: set[MySQLConnection] = set()
         self._slots = 0  # callers holding a slot: connecting, or holding a connection
-        self._waiters: deque[asyncio.Future[None]] = deque()
-        self._drained: asyncio.Event | None = None
 
     @property
     def opened(self) -> bool:
         """True between a successful ``open()`` and ``close()``."""
         return self._opened
 
-    def set_connect_gate(self, may_connect: Callable[[], bool]) -> None:
-        """New connections open only while ``may_connect()`` is true (else ``ConnectPaused``)."""
-        self._may_connect = may_connect
-
     async def connect(self, *, hook: bool = True) -> MySQLConnection:
         """A new connection of the current generation (not counted in the pool)."""
-        return await connect(self._kwargs, self.options, self._generation, hook=hook)
+        return await connect(self._kwargs, self.options, self.generation, hook=hook)
 
     async def open(self) -> None:
         """Open ``min_size`` connections, all or none, then hand connections out."""
@@ -96,12 +88,12 @@ class Pool:
                 results = await asyncio.gather(*(one() for _ in range(n)), return_exceptions=True)
             except BaseException:  # cancelled: gather has let every connect finish or fail
                 for conn in opened:
-                    quit_raw(conn.raw)
+                    _quit(conn)
                 raise
             errors = [r for r in results if isinstance(r, BaseException)]
             if errors:
                 for conn in opened:
-                    quit_raw(conn.raw)
+                    _quit(conn)
                 raise errors[0]
             now = time.monotonic()
             for conn in opened:
@@ -111,10 +103,10 @@ class Pool:
 
     def refresh(self) -> None:
         """Retire the current generation: idle connections now, those in use when released."""
-        self._generation += 1
+        self.generation += 1
         idle, self._idle = self._idle, deque()
         for conn in idle:
-            quit_raw(conn.raw)
+            _quit(conn)
 
     async def close(self) -> None:
         """Close idle connections, turn waiters away, wait a while for those in use."""
@@ -123,27 +115,21 @@ class Pool:
         self._opened = False
         idle, self._idle = self._idle, deque()
         for conn in idle:
-            quit_raw(conn.raw)
-        while self._waiters:  # hand them a slot: they find the pool closed and leave
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                self._slots += 1
-                waiter.set_result(None)
-        if self._in_use:
-            self._drained = asyncio.Event()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(CLOSE_TIMEOUT):
-                    await self._drained.wait()
-            for conn in list(self._in_use):
-                conn.raw.close()
-            self._drained = None
+            _quit(conn)
+        # Each waiter is handed a slot: it finds the pool closed and leaves, freeing it.
+        self._slots += self._waiting.hand_all(None)
+        await self.drain(lambda: bool(self._in_use))
+        for conn in list(self._in_use):
+            conn.raw.close()
 
     def acquire(self, timeout: float | None) -> _Acquire:
         """A connection for the ``async with`` block; ``timeout`` bounds wait and connect."""
         return _Acquire(self, timeout)
 
-    async def _acquire(self, timeout: float | None) -> MySQLConnection:
-        if self._opened and self._slots < self.options.max_size and not self._waiters:
+    async def checkout(self, timeout: float | None) -> MySQLConnection:
+        """A connection of this pool, ours until ``checkin``; ``timeout`` bounds the wait for
+        a slot and the connect together."""
+        if self._opened and self._slots < self.max_size and not self._waiting:
             conn = self._pop_idle()
             if conn is not None:  # the hot path: no await, no timer
                 self._slots += 1
@@ -153,7 +139,7 @@ class Pool:
         try:
             waiting = self._wait_for_connection(slot)
             # Most calls wait here when the pool is saturated: the shared wheel bounds them
-            # without one event-loop timer each (see resilientdb/_wheel.py).
+            # without one event-loop timer each (see _kit/wheel.py).
             conn = await (waiting if timeout is None else self._wheel.wait(waiting, timeout))
         except BaseException:
             if slot[0]:
@@ -166,11 +152,10 @@ class Pool:
         await self._take_slot()
         slot[0] = True
         if not self._opened:
-            raise myerr.InterfaceError(0, "pool is closed")
+            raise PoolClosed("the MySQL connection pool is closed")
         conn = self._pop_idle()
         if conn is None:
-            if not self._may_connect():
-                raise ConnectPaused("the supervisor is reconnecting; no new connection")
+            self.may_connect.check()
             conn = await self.connect()
         return conn
 
@@ -178,49 +163,32 @@ class Pool:
         idle = self._idle
         if not idle:
             return None
-        now, max_idle = time.monotonic(), self.options.max_idle
-        if max_idle is not None:
-            while (
-                idle
-                and idle[0].idle_since < now - max_idle
-                and self._size() > self.options.min_size
-            ):
-                quit_raw(idle.popleft().raw)
+        now = time.monotonic()
+        close_stale(idle, now, self.options, self._size(), self.min_size, _quit)
         while idle:
             conn = idle.pop()
             if self._reusable(conn, now):
                 return conn
-            quit_raw(conn.raw)  # the server hung up while it sat idle, or it is retired
+            _quit(conn)  # the server hung up while it sat idle, or it is retired
         return None
 
     def _reusable(self, conn: MySQLConnection, now: float) -> bool:
-        return conn.generation == self._generation and now < conn.expires and alive(conn.raw)
+        return conn.generation == self.generation and now < conn.expires and alive(conn.raw)
 
     async def _take_slot(self) -> None:
-        if self._slots < self.options.max_size and not self._waiters:
+        if self._slots < self.max_size and not self._waiting:
             self._slots += 1
             return
-        waiter = asyncio.get_running_loop().create_future()
-        self._waiters.append(waiter)
-        try:
-            await waiter  # _free_slot hands its slot over: self._slots is unchanged
-        except BaseException:
-            if waiter.done() and not waiter.cancelled():
-                self._free_slot()  # granted just as we were cancelled: pass it on
-            else:
-                with contextlib.suppress(ValueError):
-                    self._waiters.remove(waiter)
-            raise
+        # _free_slot hands its slot over (self._slots is unchanged); one handed over just as
+        # this caller gave up is passed on.
+        await self._waiting.wait(lambda _slot: self._free_slot())
 
     def _free_slot(self) -> None:
-        while self._waiters:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)
-                return
-        self._slots -= 1
+        if not self._waiting.hand(None):
+            self._slots -= 1
 
-    def _release(self, conn: MySQLConnection) -> None:
+    def checkin(self, conn: MySQLConnection) -> None:
+        """Give back a connection from ``checkout``: pooled if reusable, else closed."""
         self._in_use.discard(conn)
         raw, now = conn.raw, time.monotonic()
         if (
@@ -236,8 +204,8 @@ class Pool:
             # rolls back what is open when the connection goes.
             quit_raw(raw)
         self._free_slot()
-        if self._drained is not None and not self._in_use:
-            self._drained.set()
+        if not self._in_use:
+            self.note_drained()
 
     def _size(self) -> int:
         return len(self._idle) + len(self._in_use)
@@ -249,62 +217,52 @@ class Pool:
         alone and ``max_size`` holds), retired when past their lifetime, else pinged with
         ``ping(reconnect=False)``; then the pool is topped up to ``min_size``.
         """
-        if not self._opened or not self._may_connect():
+        if not self._opened or not self.may_connect():
             return 0
         grabbed: list[MySQLConnection] = []
-        while self._idle and self._slots < self.options.max_size and not self._waiters:
+        while self._idle and self._slots < self.max_size and not self._waiting:
             conn = self._idle.popleft()
             self._slots += 1
             self._in_use.add(conn)
             grabbed.append(conn)
-        try:
-            now = time.monotonic()
-            alive = await asyncio.gather(*(self._ping(conn, now) for conn in grabbed))
-        finally:
-            for conn in grabbed:
-                self._release(conn)
-        dead = alive.count(False)
-        try:
-            while not dead and self._opened and self._size() < self.options.min_size:
-                if self._slots >= self.options.max_size or not self._may_connect():
-                    break
-                self._slots += 1
-                try:
-                    conn = await self.connect()
-                except BaseException:
-                    self._free_slot()
-                    raise
-                self._in_use.add(conn)
-                self._release(conn)
-        except Exception:
-            dead += 1  # the server did not take a new connection: let the monitor check
-        return dead
 
-    async def _ping(self, conn: MySQLConnection, now: float) -> bool:
-        raw = conn.raw
-        if now >= conn.expires:
-            quit_raw(raw)  # retired, not dead
-            return True
-        try:
-            if not alive(raw):
+        async def ping(conn: MySQLConnection) -> None:
+            if not alive(conn.raw):
                 raise ConnectionError("the server closed the connection")
-            async with asyncio.timeout(min(self.options.connect_timeout, 5.0)):
-                await raw.ping(reconnect=False)  # never reconnect: that loses session state
-        except Exception:
-            raw.close()
-            return False
-        return True
+            async with asyncio.timeout(ping_bound(self.options)):
+                await conn.raw.ping(reconnect=False)  # never reconnect: that loses session state
+
+        async def give_back(conn: MySQLConnection) -> None:
+            self.checkin(conn)
+
+        return await keepalive(
+            grabbed,
+            expires=lambda conn: conn.expires,
+            ping=ping,
+            retire=_quit,
+            kill=lambda conn: conn.raw.close(),
+            give_back=give_back,
+            fill=self._fill,
+        )
+
+    async def _fill(self) -> None:
+        """Open connections up to ``min_size`` (as room and the connect gate allow)."""
+        while self._opened and self._size() < self.min_size:
+            if self._slots >= self.max_size or not self.may_connect():
+                break
+            self._slots += 1
+            try:
+                conn = await self.connect()
+            except BaseException:
+                self._free_slot()
+                raise
+            self._in_use.add(conn)
+            self.checkin(conn)
 
     async def trim_idle(self) -> int:
         """Close idle connections beyond ``min_size``, oldest first (memory watchdog)."""
-        closed = 0
-        while self._idle and self._size() > self.options.min_size:
-            quit_raw(self._idle.popleft().raw)
-            closed += 1
-        return closed
+        return trim_oldest(self._idle, self._size(), self.min_size, _quit)
 
     def stats(self) -> PoolStats:
         """Open, idle and in-use connection counts, with the configured bounds."""
-        opts = self.options
-        idle, in_use = len(self._idle), len(self._in_use)
-        return PoolStats(idle + in_use, idle, in_use, opts.min_size, opts.max_size)
+        return self.gauges(len(self._idle), len(self._in_use))

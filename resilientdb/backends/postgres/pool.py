@@ -1,8 +1,7 @@
 """The PostgreSQL adapter's pool plumbing around asyncpg: the connection class with a reset
 query of its own, a bounded lease, opening the floor, closing one connection.
 
-Split from ``postgres.py`` (the error table and the backend) to keep modules small; the
-design is in its docstring.
+The design is in ``backend.py``'s docstring.
 """
 
 from __future__ import annotations
@@ -13,11 +12,11 @@ from typing import Any, cast
 
 import asyncpg
 
-from .._wheel import TimeoutWheel
-from .base import Connection
+from .._kit.pool import CLOSE_TIMEOUT
+from .._kit.wheel import TimeoutWheel
+from ..base import Connection
 
 __all__ = [
-    "CLOSE_TIMEOUT",
     "SESSION_SETTINGS",
     "Lease",
     "close_connection",
@@ -27,7 +26,6 @@ __all__ = [
     "warm_up",
 ]
 
-CLOSE_TIMEOUT = 5.0
 # Session settings after on_connect, and what restores them on release.
 SESSION_SETTINGS = (
     "SELECT name, current_setting(name) FROM pg_catalog.pg_settings WHERE source = 'session'"

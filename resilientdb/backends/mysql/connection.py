@@ -1,35 +1,30 @@
 """The MySQL adapter's connections: opening one, and the wrapper that gives it asyncpg's API.
 
-Split from ``mysql.py`` (the error table and the backend) and ``_mysql_pool.py`` (the pool)
-to keep modules small; the design and aiomysql's traps are described in ``mysql.py``'s
-docstring. Everything here is about one connection; nothing here knows about the pool.
+The design and aiomysql's traps are described in ``backend.py``'s docstring. Everything here
+is about one connection; nothing here knows about the pool.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
-import math
-import random
-import ssl
 import struct
-import time
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiomysql
 from aiomysql.cursors import Cursor
 from pymysql import err as myerr
 
-from .._row import Row, make_rows
-from ..config import DSN, Options
-from ..errors import ConfigurationError
-from ._sockets import tune_transport
+from ..._row import Row, make_rows
+from .._kit.pool import expiry
+from .._kit.sockets import tune_transport
 
-__all__ = ["DEFAULT_PORT", "MySQLConnection", "alive", "connect", "driver_kwargs", "quit_raw"]
+if TYPE_CHECKING:
+    from ...config import Options
 
-DEFAULT_PORT = 3306
+__all__ = ["MySQLConnection", "alive", "connect", "quit_raw"]
+
 _COM_QUIT = struct.pack("<i", 1) + b"\x01"  # length 1, sequence 0, COM_QUIT
 _MULTI_PACKET = 2**24 - 1  # MySQL's largest packet: longer statements are split
 
@@ -57,7 +52,7 @@ def quit_raw(raw: Any) -> None:
 
 class _Cursor(Cursor):  # type: ignore[misc]
     async def _show_warnings(self, conn: Any) -> None:
-        """No SHOW WARNINGS round trip after the statement (see ``mysql.py``'s docstring)."""
+        """No SHOW WARNINGS round trip after the statement (see ``backend.py``'s docstring)."""
 
 
 class MySQLConnection:
@@ -183,50 +178,4 @@ async def connect(
     except BaseException:
         raw.close()  # aiomysql leaves the socket open when its connect is cancelled
         raise
-    expires = math.inf
-    if opts.max_lifetime is not None:
-        # Each connection gets its own jittered end of life, so that a fleet started
-        # together does not reconnect together.
-        life = opts.max_lifetime * (1.0 - random.uniform(0.0, opts.lifetime_jitter))
-        expires = time.monotonic() + life
-    return MySQLConnection(raw, generation, expires, opts.command_timeout)
-
-
-_SSL_ON = frozenset({"true", "1", "yes", "on", "require", "required"})
-_SSL_OFF = frozenset({"false", "0", "no", "off", "disable", "disabled"})
-
-
-def driver_kwargs(dsn: DSN, options: Options) -> dict[str, Any]:
-    """aiomysql's connect arguments from the DSN, then ``connect_kwargs``; validated now."""
-    query = dict(dsn.options)
-    kwargs: dict[str, Any] = {
-        "host": dsn.host or "localhost",
-        "port": dsn.port or DEFAULT_PORT,
-        "user": dsn.user,
-        "password": dsn.password or "",
-        "db": dsn.database,
-        "connect_timeout": options.connect_timeout,  # the TCP part; the whole is bounded too
-    }
-    for key in ("unix_socket", "charset", "init_command", "program_name"):
-        if key in query:
-            kwargs[key] = query[key]
-    if "ssl" in query:
-        value = query["ssl"].lower()
-        if value not in _SSL_ON | _SSL_OFF:
-            raise ConfigurationError(
-                f"DSN {dsn}: ssl={query['ssl']!r} must be true or false "
-                f"(pass an SSLContext as connect_kwargs={{'ssl': ...}} for more)"
-            )
-        kwargs["ssl"] = ssl.create_default_context() if value in _SSL_ON else None
-    kwargs.update(options.connect_kwargs)
-    if kwargs.get("autocommit", True) is not True:
-        raise ConfigurationError(
-            "the MySQL adapter runs single statements in autocommit mode; "
-            "use db.transaction() for transactions, not autocommit=False"
-        )
-    kwargs["autocommit"] = True
-    try:
-        inspect.signature(aiomysql.Connection).bind(**kwargs)
-    except TypeError as exc:
-        raise ConfigurationError(f"connect_kwargs for aiomysql: {exc}") from None
-    return kwargs
+    return MySQLConnection(raw, generation, expiry(opts), opts.command_timeout)

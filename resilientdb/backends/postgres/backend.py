@@ -20,20 +20,29 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-import random
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any, cast
 
 import asyncpg
 from asyncpg import exceptions as pgexc
 
-from .._redact import register_secret
-from .._wheel import TimeoutWheel
-from ..config import DSN, Options
-from ._pg_pool import (
-    CLOSE_TIMEOUT,
+from ..._redact import register_dsn_secrets
+from .._kit.errors import Classifies
+from .._kit.pool import CLOSE_TIMEOUT, ConnectGate, expiry, keepalive, ping_bound
+from .._kit.sockets import tune_transport
+from .._kit.wheel import TimeoutWheel
+from ..base import (
+    Backend,
+    BackendFacts,
+    Connection,
+    Maintains,
+    PoolClosed,
+    PoolStats,
+    TrimsIdle,
+)
+from .errors import ERRORS
+from .pool import (
     SESSION_SETTINGS,
     Lease,
     close_connection,
@@ -42,20 +51,12 @@ from ._pg_pool import (
     restore_script,
     warm_up,
 )
-from ._sockets import tune_transport
-from .base import (
-    Backend,
-    BackendFacts,
-    Connection,
-    ConnectPaused,
-    ErrorKind,
-    Maintains,
-    PoolStats,
-    TrimsIdle,
-    with_closed_flag,
-)
 
-__all__ = ["SQLSTATE_KINDS", "PostgresBackend", "classify_error"]
+if TYPE_CHECKING:
+    from ..._dsn import DSN
+    from ...config import Options
+
+__all__ = ["PostgresBackend"]
 
 FACTS = BackendFacts(
     "postgresql", atomic_batch=True, readonly_guard=("BEGIN READ ONLY", "ROLLBACK")
@@ -70,72 +71,11 @@ _VOLATILE_OPERATORS = (
 )
 
 
-C, R, P = ErrorKind.CONNECTION, ErrorKind.RETRYABLE, ErrorKind.PERMANENT
-
-# SQLSTATE -> kind. Codes not listed fall back to their class (SQLSTATE_CLASS_KINDS), then QUERY.
-SQLSTATE_KINDS: Mapping[str, ErrorKind] = {
-    "57P01": C,  # admin_shutdown: pg_terminate_backend, or the server's fast/smart shutdown
-    "57P02": C,  # crash_shutdown: another backend crashed, the server resets everybody
-    "57P03": C,  # cannot_connect_now: the server is starting up or shutting down
-    "57P05": C,  # idle_session_timeout: the server closed an idle connection
-    "25P03": C,  # idle_in_transaction_session_timeout: FATAL, the connection is closed
-    "53300": C,  # too_many_connections: transient, someone will disconnect
-    "40001": R,  # serialization_failure
-    "40P01": R,  # deadlock_detected
-    "28P01": P,  # invalid_password
-    "28000": P,  # invalid_authorization_specification (no pg_hba entry, role cannot log in)
-    "3D000": P,  # invalid_catalog_name: the database does not exist
-}
-SQLSTATE_CLASS_KINDS: Mapping[str, ErrorKind] = {
-    "08": C,  # connection_exception and all its codes (08000, 08003, 08006, 08001, 08004...)
-}
-
-# InterfaceError texts that asyncpg raises from its pre-write state checks: nothing was sent.
-# "released back to the pool": asyncpg hands a pooled connection back by itself when the
-# connection dies, so the next call on the proxy fails this way before writing anything.
-_UNSENT_MESSAGES = (
-    "connection is closed",
-    "pool is closing",
-    "pool is closed",
-    "released back to the pool",
-)
-
-
-def classify_error(exc: BaseException) -> ErrorKind:
-    """The kind of ``exc`` from its type, SQLSTATE and message, following ``__cause__``."""
-    seen: set[int] = set()
-    cur: BaseException | None = exc
-    while cur is not None and id(cur) not in seen:
-        seen.add(id(cur))
-        kind = _classify_one(cur)
-        if kind is not ErrorKind.QUERY:
-            return kind
-        cur = cur.__cause__
-    return ErrorKind.QUERY
-
-
-def _classify_one(exc: BaseException) -> ErrorKind:
-    if isinstance(exc, pgexc.PostgresError):
-        code = exc.sqlstate or ""
-        return SQLSTATE_KINDS.get(code) or SQLSTATE_CLASS_KINDS.get(code[:2], ErrorKind.QUERY)
-    if isinstance(exc, pgexc.TargetServerAttributeNotMatched):
-        return C  # target_session_attrs: no primary yet (mid-failover); another may come up
-    if isinstance(exc, pgexc.ClientConfigurationError):
-        return P  # a bad sslmode or option: retrying cannot fix it
-    if isinstance(exc, pgexc.InterfaceError):
-        text = str(exc)
-        return C if any(m in text for m in _UNSENT_MESSAGES) else ErrorKind.QUERY
-    if isinstance(exc, OSError | TimeoutError | EOFError):
-        # Raw socket errors escape asyncpg: refused, reset, unreachable, DNS, and timeouts
-        # of the connect itself.
-        return C
-    return ErrorKind.QUERY
-
-
-class PostgresBackend:
+class PostgresBackend(Classifies):
     """asyncpg pool plus PostgreSQL's error semantics."""
 
     facts = FACTS
+    errors = ERRORS
 
     def __init__(self, dsn: DSN, options: Options) -> None:
         self.dsn = dsn
@@ -144,13 +84,10 @@ class PostgresBackend:
         # Giving a connection back runs asyncpg's reset query: bounded like any statement.
         self._release_timeout = min(options.connect_timeout, options.command_timeout or math.inf)
         self._connection_class = connection_class(options.connect_kwargs)
-        self._may_connect: Callable[[], bool] = lambda: True
+        self._may_connect = ConnectGate()
         self._wheel = TimeoutWheel()
         self._expires: dict[int, float] = {}  # server pid -> when the connection retires
-        register_secret(dsn.password)
-        register_secret(dsn.options.get("password"))
-        pw = options.connect_kwargs.get("password")
-        register_secret(pw if isinstance(pw, str) else None)
+        register_dsn_secrets(dsn, options)
 
     @property
     def opened(self) -> bool:
@@ -176,23 +113,19 @@ class PostgresBackend:
         return (sql,)
 
     def set_connect_gate(self, may_connect: Callable[[], bool]) -> None:
-        self._may_connect = may_connect
+        self._may_connect.set(may_connect)
 
     async def _pool_connect(self, *args: Any, **kwargs: Any) -> Any:
         # asyncpg's pool reconnects lazily inside acquire() and in its min-size maintenance;
         # left alone, every caller queued in acquire() would knock on a dead server in turn.
-        if not self._may_connect():
-            raise ConnectPaused("the supervisor is reconnecting; the pool does not connect now")
+        self._may_connect.check()
         conn = await asyncpg.connect(*args, **kwargs)
         opts = self.options
         if opts.tcp_keepalive:
             tune_transport(getattr(conn, "_transport", None), opts.tcp_user_timeout)
         if opts.max_lifetime is not None:
-            # Each connection gets its own jittered end of life, so a fleet started together
-            # does not reconnect together.
-            life = opts.max_lifetime * (1.0 - random.uniform(0.0, opts.lifetime_jitter))
             pid = conn.get_server_pid()
-            self._expires[pid] = time.monotonic() + life
+            self._expires[pid] = expiry(opts)
             conn.add_termination_listener(lambda _c: self._expires.pop(pid, None))
         return conn
 
@@ -250,7 +183,7 @@ class PostgresBackend:
     def acquire(self, timeout: float | None) -> AbstractAsyncContextManager[Connection]:
         pool = self._pool
         if pool is None:
-            raise pgexc.InterfaceError("pool is closed")
+            raise PoolClosed("the PostgreSQL connection pool is closed")
         if timeout is not None and connected_holder_free(pool):
             timeout = None  # acquire() returns without waiting or connecting: no timer needed
         return Lease(pool, timeout, self._wheel, self._release_timeout)
@@ -262,26 +195,6 @@ class PostgresBackend:
         # terminate() closes the socket now; the pool replaces the connection when released.
         with contextlib.suppress(Exception):
             cast("asyncpg.Connection[asyncpg.Record]", conn).terminate()
-
-    def classify(self, exc: BaseException, conn: Connection | None = None) -> ErrorKind:
-        if isinstance(exc, pgexc.ProtocolViolationError):
-            # 08P01: the server refused the message itself (a NUL in the query text) before
-            # running anything, and closed the connection: the caller's error, no outage.
-            return ErrorKind.QUERY
-        return with_closed_flag(classify_error(exc), conn, exc)
-
-    def classify_connect(self, exc: BaseException) -> ErrorKind:
-        kind = classify_error(exc)
-        if kind is ErrorKind.RETRYABLE:
-            return C
-        # Anything else failing at connect (a permission error, a broken on_connect hook)
-        # will fail the same way next time: permanent, probed slowly.
-        return kind if kind is C else P
-
-    def unsent(self, exc: BaseException) -> bool:
-        return isinstance(exc, pgexc.InterfaceError) and any(
-            m in str(exc) for m in _UNSENT_MESSAGES
-        )
 
     async def trim_idle(self) -> int:
         """Close idle connections beyond ``min_size`` (for the memory watchdog); how many.
@@ -315,7 +228,6 @@ class PostgresBackend:
         if pool is None or not self._may_connect():
             return 0
         grabbed: list[Any] = []
-        dead = 0
         try:
             for _ in range(pool.get_idle_size()):
                 try:
@@ -323,27 +235,29 @@ class PostgresBackend:
                         grabbed.append(await pool.acquire())
                 except TimeoutError:
                     break
-            now = time.monotonic()
+        except BaseException:
             for conn in grabbed:
-                if self._expires.get(conn.get_server_pid(), now + 1) <= now:
-                    self.discard(conn)  # retired: the pool opens a fresh one when needed
-                    continue
-                try:
-                    await conn.fetchval("SELECT 1", timeout=min(opts.connect_timeout, 5.0))
-                except Exception:
-                    self.discard(conn)
-                    dead += 1
-        finally:
-            for conn in grabbed:
-                with contextlib.suppress(Exception):
-                    await pool.release(conn)
-        if not dead and pool.get_size() < opts.min_size:
-            try:
+                await pool.release(conn)
+            raise
+
+        async def fill() -> None:
+            if pool.get_size() < opts.min_size:
                 async with asyncio.timeout(opts.connect_timeout):
                     await warm_up(pool, opts.min_size)
-            except Exception:
-                dead += 1
-        return dead
+
+        async def ping(conn: Any) -> None:
+            await conn.fetchval("SELECT 1", timeout=ping_bound(opts))
+
+        return await keepalive(
+            grabbed,
+            # A connection opened before max_lifetime was set up has no entry: never expired.
+            expires=lambda conn: self._expires.get(conn.get_server_pid(), math.inf),
+            ping=ping,
+            retire=self.discard,  # the pool opens a fresh one when needed
+            kill=self.discard,
+            give_back=pool.release,
+            fill=fill,
+        )
 
     def in_transaction(self, conn: Connection) -> bool:
         return bool(cast("asyncpg.Connection[asyncpg.Record]", conn).is_in_transaction())
@@ -369,9 +283,7 @@ class PostgresBackend:
 
     def stats(self) -> PoolStats:
         pool, opts = self._pool, self.options
-        if pool is None:
-            return PoolStats(0, 0, 0, opts.min_size, opts.max_size)
-        size, idle = pool.get_size(), pool.get_idle_size()
+        size, idle = (0, 0) if pool is None else (pool.get_size(), pool.get_idle_size())
         return PoolStats(size, idle, size - idle, opts.min_size, opts.max_size)
 
 

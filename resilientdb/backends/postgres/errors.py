@@ -1,0 +1,81 @@
+"""PostgreSQL's error table: SQLSTATE and asyncpg's client-side errors, by kind.
+
+The walk over the cause chain and the connect-time mapping are the kit's (``_kit/errors.py``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from asyncpg import exceptions as pgexc
+
+from .._kit.errors import ErrorTable
+from ..base import ErrorKind
+
+__all__ = ["ERRORS", "SQLSTATE_CLASS_KINDS", "SQLSTATE_KINDS", "classify_error"]
+
+C, R, P = ErrorKind.CONNECTION, ErrorKind.RETRYABLE, ErrorKind.PERMANENT
+
+# SQLSTATE -> kind. Codes not listed fall back to their class (SQLSTATE_CLASS_KINDS), then QUERY.
+SQLSTATE_KINDS: Mapping[str, ErrorKind] = {
+    "57P01": C,  # admin_shutdown: pg_terminate_backend, or the server's fast/smart shutdown
+    "57P02": C,  # crash_shutdown: another backend crashed, the server resets everybody
+    "57P03": C,  # cannot_connect_now: the server is starting up or shutting down
+    "57P05": C,  # idle_session_timeout: the server closed an idle connection
+    "25P03": C,  # idle_in_transaction_session_timeout: FATAL, the connection is closed
+    "53300": C,  # too_many_connections: transient, someone will disconnect
+    "40001": R,  # serialization_failure
+    "40P01": R,  # deadlock_detected
+    "28P01": P,  # invalid_password
+    "28000": P,  # invalid_authorization_specification (no pg_hba entry, role cannot log in)
+    "3D000": P,  # invalid_catalog_name: the database does not exist
+}
+SQLSTATE_CLASS_KINDS: Mapping[str, ErrorKind] = {
+    "08": C,  # connection_exception and all its codes (08000, 08003, 08006, 08001, 08004...)
+}
+
+# InterfaceError texts that asyncpg raises from its pre-write state checks: nothing was sent.
+# "released back to the pool": asyncpg hands a pooled connection back by itself when the
+# connection dies, so the next call on the proxy fails this way before writing anything.
+# "pool is closing" / "pool is closed": asyncpg's own pool, closed under a caller.
+_UNSENT_MESSAGES = (
+    "connection is closed",
+    "pool is closing",
+    "pool is closed",
+    "released back to the pool",
+)
+
+
+def _classify_one(exc: BaseException) -> ErrorKind:
+    if isinstance(exc, pgexc.PostgresError):
+        code = exc.sqlstate or ""
+        return SQLSTATE_KINDS.get(code) or SQLSTATE_CLASS_KINDS.get(code[:2], ErrorKind.QUERY)
+    if isinstance(exc, pgexc.TargetServerAttributeNotMatched):
+        return C  # target_session_attrs: no primary yet (mid-failover); another may come up
+    if isinstance(exc, pgexc.ClientConfigurationError):
+        return P  # a bad sslmode or option: retrying cannot fix it
+    if isinstance(exc, pgexc.InterfaceError):
+        return C if _unsent(exc) else ErrorKind.QUERY
+    if isinstance(exc, OSError | TimeoutError | EOFError):
+        # Raw socket errors escape asyncpg: refused, reset, unreachable, DNS, and timeouts
+        # of the connect itself; the adapters' own PoolClosed and ConnectPaused.
+        return C
+    return ErrorKind.QUERY
+
+
+def _unsent(exc: BaseException) -> bool:
+    return isinstance(exc, pgexc.InterfaceError) and any(m in str(exc) for m in _UNSENT_MESSAGES)
+
+
+def _callers_fault(exc: BaseException) -> bool:
+    # 08P01: the server refused the message itself (a NUL in the query text) before running
+    # anything, and closed the connection: the caller's error, no outage.
+    return isinstance(exc, pgexc.ProtocolViolationError)
+
+
+ERRORS = ErrorTable(_classify_one, unsent_one=_unsent, callers_fault=_callers_fault)
+
+
+def classify_error(exc: BaseException) -> ErrorKind:
+    """The kind of ``exc`` from its type, SQLSTATE and message, following ``__cause__``."""
+    return ERRORS.kind(exc)
