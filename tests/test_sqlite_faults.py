@@ -142,7 +142,9 @@ async def test_api_and_row_shape(path: str, threads: None) -> None:
 async def test_transactions_hold_the_connection_whole(path: str, threads: None) -> None:
     sup = supervised("sqlite:///" + path, max_size=3)
     assert backend(sup).begin_statements(None, False) == ("BEGIN IMMEDIATE",)
-    assert backend(sup).begin_statements("SERIALIZABLE", True) == ("BEGIN DEFERRED",)
+    assert backend(sup).begin_statements("SERIALIZABLE", True) == (
+        "BEGIN DEFERRED TRANSACTION",
+    )  # + query_only
     async with sup:
         await make_log(sup)
         async with sup.db.transaction() as tx:  # BEGIN IMMEDIATE: the write lock is ours now

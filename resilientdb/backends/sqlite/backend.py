@@ -57,6 +57,7 @@ import aiosqlite
 
 from .._kit.errors import Classifies
 from ..base import BackendFacts, Connection, PoolStats
+from .connection import BEGIN_READ_ONLY
 from .errors import ERRORS
 from .lease import SQLiteLease
 from .pool import SQLitePool
@@ -107,8 +108,9 @@ class SQLiteBackend(Classifies):
         # SQLite transactions are serializable whatever the level asked for. A write takes
         # the write lock at BEGIN (IMMEDIATE): waiting for it happens there, in busy slices,
         # and the transaction cannot fail later with BUSY_SNAPSHOT. A read-only one takes a
-        # snapshot at its first read (DEFERRED) and never blocks writers (WAL).
-        return ("BEGIN DEFERRED",) if readonly else ("BEGIN IMMEDIATE",)
+        # snapshot at its first read (DEFERRED) and never blocks writers (WAL); PRAGMA
+        # query_only makes the server refuse its writes, as PostgreSQL's READ ONLY does.
+        return (BEGIN_READ_ONLY,) if readonly else ("BEGIN IMMEDIATE",)
 
     def raw_connections(self) -> list[aiosqlite.Connection]:
         """Every open aiosqlite connection of the pool, idle or in use (for tests)."""

@@ -45,6 +45,9 @@ SETTLE_TIMEOUT = 2.0  # waiting for an interrupted statement to end before givin
 BUSY_SLICE = 0.1  # SQLite's busy wait cannot be interrupted: wait in slices this long
 FILE_CHECK_INTERVAL = 0.05  # os.stat costs twice a trivial SELECT: at most this often
 FETCH, FETCHROW, FETCHVAL, EXECUTE, MANY = range(5)  # what a call returns
+# What the backend's begin_statements() sends for transaction(readonly=True): a plain
+# deferred BEGIN in SQLite's grammar, recognised by the worker, which turns query_only on.
+BEGIN_READ_ONLY = "BEGIN DEFERRED TRANSACTION"
 
 
 class Call:
@@ -67,7 +70,7 @@ class SQLiteConnection:
 
     __slots__ = (
         "_check_at", "_current", "_lock", "aconn", "busy", "db", "dead", "discarded",
-        "generation", "ident", "idle_since", "in_tx", "path", "submit", "timeout",
+        "generation", "ident", "idle_since", "in_tx", "path", "query_only", "submit", "timeout",
     )  # fmt: skip
 
     def __init__(
@@ -90,6 +93,7 @@ class SQLiteConnection:
         self.discarded = False  # never to be handed out again
         self.in_tx = False  # a transaction was open after the last call
         self.dead = False  # sqlite3 reported the connection closed
+        self.query_only = False  # PRAGMA query_only is on for a read-only transaction
         self.idle_since = 0.0
         self._lock = threading.Lock()
         self._current: Call | None = None  # the call running on the worker thread
@@ -127,6 +131,12 @@ class SQLiteConnection:
                 self._check_at = now + FILE_CHECK_INTERVAL
             if op == MANY:
                 return self._batch(call, sql, params)
+            if sql == BEGIN_READ_ONLY:
+                # transaction(readonly=True): SQLite has no read-only transaction, but
+                # query_only refuses every write until note_state() lifts it at the end.
+                self.db.execute("PRAGMA query_only = ON").close()
+                self.query_only = True
+                sql = "BEGIN DEFERRED"
             cur = self._execute(call, sql, params)
             try:
                 if op == FETCH:
@@ -153,6 +163,9 @@ class SQLiteConnection:
         """Worker thread: record whether a transaction is open (or the connection closed)."""
         try:
             self.in_tx = self.db.in_transaction
+            if self.query_only and not self.in_tx:  # the read-only transaction has ended
+                self.db.execute("PRAGMA query_only = OFF").close()
+                self.query_only = False
         except sqlite3.Error:  # ProgrammingError: closed underneath
             self.dead = True
 
