@@ -475,32 +475,6 @@ async def test_cancelled_while_queued_returns_at_once_and_never_runs(
         assert await sup.db.fetchval("SELECT count(*) FROM log") == 0
 
 
-async def test_query_error_raised_unchanged_once(path: str, threads: None) -> None:
-    attempts = 0
-
-    def bump() -> int:
-        nonlocal attempts
-        attempts += 1
-        return 1
-
-    async def on_connect(conn: Any) -> None:
-        await conn.create_function("bump", 0, bump)
-
-    sup = supervised("sqlite:///" + path, on_connect=on_connect)
-    async with sup:
-        await sup.db.execute("CREATE TABLE u (id INTEGER PRIMARY KEY)")
-        await sup.db.execute("INSERT INTO u VALUES (1)")
-        with pytest.raises(sqlite3.OperationalError, match="syntax error"):
-            await sup.db.fetch("SELEC 1")
-        with pytest.raises(sqlite3.IntegrityError):
-            # bump() runs, then the primary key fails: the function counts the attempts.
-            await sup.db.execute("INSERT INTO u VALUES (bump())")
-        assert attempts == 1
-        assert sup.state is State.CONNECTED
-        st = sup.db.statistics()
-        assert st.reconnects == 0 and st.replays == 0
-
-
 @pytest.mark.parametrize(
     ("dsn", "kwargs", "message"),
     [
