@@ -25,6 +25,7 @@ def default_backend(name: str, dsn: DSN, options: Options) -> Backend:
     """The adapter the DSN's scheme names (what a Supervisor builds by default)."""
     return registry.create(dsn, options)
 
+
 __all__ = ["Adapters"]
 
 
