@@ -29,7 +29,7 @@ from resilientdb import (
 from resilientdb.backends.mysql import MySQLBackend
 from resilientdb.config import parse_dsn, with_host
 from resilientdb.testing import FaultProxy
-from tests.handles import adapter, supervised
+from tests.handles import Recorder, adapter, supervised
 
 
 @pytest.fixture
@@ -46,15 +46,6 @@ def pool(sup: Supervisor) -> MySQLBackend:
     backend = adapter(sup)
     assert isinstance(backend, MySQLBackend)
     return backend
-
-
-class Recorder:
-    def __init__(self, sup: Supervisor) -> None:
-        self.events: list[events.Event] = []
-        sup.on(events.Event, self.events.append)
-
-    def of(self, kind: type[events.Event]) -> list[Any]:
-        return [e for e in self.events if isinstance(e, kind)]
 
 
 async def admin(server: MariaDBServer, sql: str, database: str | None = None) -> str:

@@ -19,7 +19,7 @@ import pytest
 from harness.polling import until
 from resilientdb import ConfigurationError, DatabaseUnavailable, State, Supervisor, events
 from resilientdb.backends.sqlite import SQLiteBackend, SQLiteLease, error_code
-from tests.handles import adapter, supervised
+from tests.handles import Recorder, adapter, supervised
 
 LONG = (
     "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 100000000) "
@@ -37,15 +37,6 @@ time.sleep(float(sys.argv[2]))
 conn.execute("COMMIT")
 conn.close()
 """
-
-
-class Recorder:
-    def __init__(self, sup: Supervisor) -> None:
-        self.events: list[events.Event] = []
-        sup.on(events.Event, self.events.append)
-
-    def of(self, kind: type[events.Event]) -> list[Any]:
-        return [e for e in self.events if isinstance(e, kind)]
 
 
 @pytest.fixture

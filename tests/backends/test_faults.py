@@ -21,22 +21,10 @@ import pytest
 
 from harness.polling import until, until_async
 from harness.servers import SECURE_PASSWORD, SECURE_USER
-from resilientdb import Backoff, DatabaseUnavailable, OutcomeUnknown, State, Supervisor, events
+from resilientdb import Backoff, DatabaseUnavailable, OutcomeUnknown, State, events
 from resilientdb.testing import FaultProxy
 from tests.backends.conftest import Target
-from tests.handles import adapter, supervised
-
-
-class Recorder:
-    def __init__(self, sup: Supervisor) -> None:
-        self.events: list[events.Event] = []
-        sup.on(events.Event, self.events.append)
-
-    def of(self, kind: type[events.Event]) -> list[Any]:
-        return [e for e in self.events if isinstance(e, kind)]
-
-    def states(self) -> list[str]:
-        return [e.new.value for e in self.of(events.StateChanged)]
+from tests.handles import Recorder, adapter, supervised
 
 
 @pytest.mark.slow
