@@ -27,7 +27,7 @@ from pymysql import err as myerr
 from harness.backends import DIALECTS
 from harness.polling import until_async
 from harness.servers import MariaDBServer, PostgresServer
-from resilientdb import Supervisor, events
+from resilientdb import events
 from resilientdb.config import parse_dsn, with_host
 from resilientdb.testing import FaultProxy
 
@@ -35,21 +35,6 @@ T = TypeVar("T")
 
 # Disconnected / Reconnecting / Reconnected: the supervisor thought the connection was lost.
 OUTAGE_EVENTS = (events.Disconnected, events.Reconnecting, events.Reconnected)
-
-
-class Recorder:
-    """Every event the supervisor emits, in order."""
-
-    def __init__(self, sup: Supervisor) -> None:
-        self.events: list[events.Event] = []
-        sup.on(events.Event, self.events.append)
-
-    def of(self, *kinds: type[events.Event]) -> list[Any]:
-        return [e for e in self.events if isinstance(e, kinds)]
-
-    async def settle(self) -> None:
-        """Let the event bus deliver what is queued (it runs on a background task)."""
-        await asyncio.sleep(0.2)
 
 
 def via(proxy: FaultProxy, dsn: str) -> str:

@@ -30,7 +30,6 @@ from resilientdb import (
 from resilientdb.testing import FaultProxy
 from tests.audit_support import (
     OUTAGE_EVENTS,
-    Recorder,
     chain,
     cut_reply,
     my_admin,
@@ -44,6 +43,7 @@ from tests.audit_support import (
     prepare_hot_mysql,
     via,
 )
+from tests.handles import Recorder
 
 
 @pytest.fixture

@@ -37,7 +37,6 @@ from resilientdb import (
 )
 from tests.audit_support import (
     OUTAGE_EVENTS,
-    Recorder,
     Target,
     make_target,
     my_admin,
@@ -47,6 +46,7 @@ from tests.audit_support import (
     pg_admin,
     settle_task,
 )
+from tests.handles import Recorder
 
 
 @pytest.fixture(params=["postgres", "mysql", "sqlite"])

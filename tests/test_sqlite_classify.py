@@ -1,5 +1,7 @@
 """The SQLite classification table: one test per row, real errors where SQLite can be made to
-raise them, plus the fallbacks (name only, message only), the client-side rows and ``unsent``."""
+raise them, plus the fallbacks (name only, message only). What every driver shares (query
+errors by class of failure, generic errors, the cause chain, the closed flag, connect errors,
+``unsent``) is in ``tests/backends/test_classify.py``."""
 
 from __future__ import annotations
 
@@ -10,16 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from resilientdb.backends.base import ConnectPaused, ErrorKind
+from resilientdb.backends.base import ErrorKind
 from resilientdb.backends.sqlite import (
     EXTENDED_KINDS,
     PRIMARY_KINDS,
     DatabaseFileMoved,
-    PoolClosed,
-    SQLiteBackend,
     classify_error,
 )
-from resilientdb.config import Options, parse_dsn
 
 C, R, P, Q = ErrorKind.CONNECTION, ErrorKind.RETRYABLE, ErrorKind.PERMANENT, ErrorKind.QUERY
 
@@ -32,10 +31,6 @@ def coded(code: int, message: str = "boom") -> sqlite3.OperationalError:
         f"SQLITE_UNKNOWN_{code}",
     )
     return exc
-
-
-def backend(dsn: str = "sqlite:///x.db") -> SQLiteBackend:
-    return SQLiteBackend(parse_dsn(dsn), Options())
 
 
 def raised(fn: Callable[..., object], *args: object, **kwargs: object) -> sqlite3.Error:
@@ -88,23 +83,6 @@ def test_extended_table_row(code: int, kind: ErrorKind) -> None:
 )
 def test_extended_codes_follow_their_family(code: int, kind: ErrorKind) -> None:
     assert classify_error(coded(code)) is kind
-
-
-@pytest.mark.parametrize(
-    "code",
-    [
-        sqlite3.SQLITE_ERROR,  # syntax, no such table
-        sqlite3.SQLITE_CONSTRAINT_PRIMARYKEY,
-        sqlite3.SQLITE_CONSTRAINT_UNIQUE,
-        sqlite3.SQLITE_MISMATCH,
-        sqlite3.SQLITE_TOOBIG,
-        sqlite3.SQLITE_MISUSE,
-        sqlite3.SQLITE_AUTH,
-        sqlite3.SQLITE_RANGE,
-    ],
-)
-def test_other_codes_are_query_errors(code: int) -> None:
-    assert classify_error(coded(code)) is Q
 
 
 # -- the same rows, provoked for real -------------------------------------------------------------
@@ -303,37 +281,6 @@ def test_message_only_fallback(message: str, kind: ErrorKind) -> None:
     assert classify_error(sqlite3.OperationalError(message)) is kind
 
 
-def test_closed_connections_are_connection_errors_and_unsent() -> None:
-    b = backend()
-    closed_sqlite3 = sqlite3.connect(":memory:")
-    closed_sqlite3.close()
-    real = raised(closed_sqlite3.execute, "SELECT 1")
-    assert isinstance(real, sqlite3.ProgrammingError)
-    for exc in [
-        ValueError("no active connection"),  # aiosqlite's Connection._conn
-        ValueError("Connection closed"),  # aiosqlite's Connection._execute
-        real,  # sqlite3's own check, before anything runs
-        DatabaseFileMoved("/x.db"),  # resilientdb's check, before anything runs
-        PoolClosed("closed"),
-        ConnectPaused("paused"),
-    ]:
-        assert classify_error(exc) is C, exc
-        assert b.unsent(exc), exc
-
-
-def test_not_unsent() -> None:
-    b = backend()
-    for exc in [
-        coded(sqlite3.SQLITE_IOERR_WRITE),  # may have written part
-        coded(sqlite3.SQLITE_BUSY),
-        coded(sqlite3.SQLITE_READONLY_DBMOVED),  # SQLite's own: not provably before the write
-        TimeoutError(),
-        ValueError("no active connection, but a subclass"),
-        sqlite3.ProgrammingError("Incorrect number of bindings"),
-    ]:
-        assert not b.unsent(exc), exc
-
-
 def test_database_file_moved_carries_its_code() -> None:
     exc = DatabaseFileMoved("/data/app.db")
     assert exc.sqlite_errorcode == sqlite3.SQLITE_READONLY_DBMOVED
@@ -341,53 +288,5 @@ def test_database_file_moved_carries_its_code() -> None:
     assert "/data/app.db" in str(exc)
 
 
-@pytest.mark.parametrize(
-    ("exc", "kind"),
-    [
-        (ValueError("invalid literal"), Q),
-        (OSError(5, "I/O error"), C),
-        (TimeoutError(), C),
-        (RuntimeError("odd"), Q),
-        (sqlite3.InterfaceError("Error binding parameter 1"), Q),
-    ],
-)
-def test_other_exceptions(exc: BaseException, kind: ErrorKind) -> None:
-    assert classify_error(exc) is kind
-
-
-def test_cause_chain_is_followed() -> None:
-    outer = RuntimeError("wrapped")
-    outer.__cause__ = coded(sqlite3.SQLITE_IOERR_READ)
-    assert classify_error(outer) is C
-    loop = RuntimeError("a")
-    loop.__cause__ = loop  # a cycle must not hang
-    assert classify_error(loop) is Q
-
-
-class _Conn:
-    def __init__(self, closed: bool) -> None:
-        self.closed = closed
-
-    def is_closed(self) -> bool:
-        return self.closed
-
-
-def test_closed_flag_turns_an_unknown_error_into_connection() -> None:
-    b = backend()
-    odd = RuntimeError("unexpected")
-    assert b.classify(odd, _Conn(True)) is C  # type: ignore[arg-type]
-    assert b.classify(odd, _Conn(False)) is Q  # type: ignore[arg-type]
-    assert b.classify(coded(sqlite3.SQLITE_BUSY), _Conn(True)) is R  # type: ignore[arg-type]
-
-
-def test_connect_errors_are_connection_or_permanent() -> None:
-    b = backend()
-    assert b.classify_connect(coded(sqlite3.SQLITE_CANTOPEN)) is P
-    assert b.classify_connect(coded(sqlite3.SQLITE_NOTADB)) is P
-    assert b.classify_connect(coded(sqlite3.SQLITE_CORRUPT)) is P
-    assert b.classify_connect(coded(sqlite3.SQLITE_BUSY)) is C  # switching to WAL, locked
-    assert b.classify_connect(coded(sqlite3.SQLITE_IOERR)) is C
-    assert b.classify_connect(TimeoutError()) is C
-    assert b.classify_connect(ConnectPaused()) is C
-    assert b.classify_connect(coded(sqlite3.SQLITE_ERROR)) is P  # a broken on_connect hook
-    assert b.classify_connect(RuntimeError("hook bug")) is P
+def test_binding_error_is_a_query_error() -> None:
+    assert classify_error(sqlite3.InterfaceError("Error binding parameter 1")) is Q

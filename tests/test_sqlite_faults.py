@@ -19,7 +19,7 @@ import pytest
 from harness.polling import until
 from resilientdb import ConfigurationError, DatabaseUnavailable, State, Supervisor, events
 from resilientdb.backends.sqlite import SQLiteBackend, SQLiteLease, error_code
-from tests.handles import adapter, supervised
+from tests.handles import Recorder, adapter, supervised
 
 LONG = (
     "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 100000000) "
@@ -37,15 +37,6 @@ time.sleep(float(sys.argv[2]))
 conn.execute("COMMIT")
 conn.close()
 """
-
-
-class Recorder:
-    def __init__(self, sup: Supervisor) -> None:
-        self.events: list[events.Event] = []
-        sup.on(events.Event, self.events.append)
-
-    def of(self, kind: type[events.Event]) -> list[Any]:
-        return [e for e in self.events if isinstance(e, kind)]
 
 
 @pytest.fixture
@@ -475,32 +466,6 @@ async def test_cancelled_while_queued_returns_at_once_and_never_runs(
         with pytest.raises(asyncio.CancelledError):
             await running
         assert await sup.db.fetchval("SELECT count(*) FROM log") == 0
-
-
-async def test_query_error_raised_unchanged_once(path: str, threads: None) -> None:
-    attempts = 0
-
-    def bump() -> int:
-        nonlocal attempts
-        attempts += 1
-        return 1
-
-    async def on_connect(conn: Any) -> None:
-        await conn.create_function("bump", 0, bump)
-
-    sup = supervised("sqlite:///" + path, on_connect=on_connect)
-    async with sup:
-        await sup.db.execute("CREATE TABLE u (id INTEGER PRIMARY KEY)")
-        await sup.db.execute("INSERT INTO u VALUES (1)")
-        with pytest.raises(sqlite3.OperationalError, match="syntax error"):
-            await sup.db.fetch("SELEC 1")
-        with pytest.raises(sqlite3.IntegrityError):
-            # bump() runs, then the primary key fails: the function counts the attempts.
-            await sup.db.execute("INSERT INTO u VALUES (bump())")
-        assert attempts == 1
-        assert sup.state is State.CONNECTED
-        st = sup.db.statistics()
-        assert st.reconnects == 0 and st.replays == 0
 
 
 @pytest.mark.parametrize(

@@ -31,7 +31,7 @@ from resilientdb.testing.fake import (
     FakePermanent,
     FakeRetryable,
 )
-from tests.handles import adapter, supervised
+from tests.handles import Recorder, adapter, supervised
 
 FAST = Backoff(initial=0.005, maximum=0.02, jitter=0.0)
 
@@ -43,18 +43,6 @@ def make(**options: Any) -> tuple[Supervisor, FakeBackend]:
     backend = adapter(sup)
     assert isinstance(backend, FakeBackend)
     return sup, backend
-
-
-class Recorder:
-    def __init__(self, sup: Supervisor) -> None:
-        self.events: list[events.Event] = []
-        sup.on(events.Event, self.events.append)
-
-    def of(self, kind: type[events.Event]) -> list[Any]:
-        return [e for e in self.events if isinstance(e, kind)]
-
-    def states(self) -> list[str]:
-        return [e.new.value for e in self.of(events.StateChanged)]
 
 
 async def test_start_connects_and_calls_pass() -> None:
