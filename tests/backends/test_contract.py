@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from harness.polling import until
 from resilientdb import (
     DatabaseUnavailable,
     OutcomeUnknown,
@@ -170,11 +171,8 @@ async def test_cancellation_leaks_nothing(sup: Supervisor) -> None:
         for c in calls:
             c.cancel()
         await asyncio.gather(*calls, return_exceptions=True)
-    for _ in range(100):
-        if db.statistics().pool.in_use == 0:
-            break
-        await asyncio.sleep(0.02)
-    assert db.statistics().pool.in_use == 0
+    # Cancelled callers hand their connections back in the background: wait for that work.
+    await until(lambda: db.statistics().pool.in_use == 0 and db.statistics().releasing == 0)
     assert db.statistics().waiting == 0
     assert asyncio.all_tasks() <= before | {asyncio.current_task()}
     assert await db.fetchval("SELECT 1") == 1
