@@ -247,6 +247,12 @@ async def test_reset_before_the_first_row_is_replayed(
         assert [r["x"] async for r in stream] == list(range(2, 501))
         assert db.statistics().replays >= 1
         await released(db)
+        # The replay ran in the backend's read-only transaction, ended with the stream.
+        async with db.acquire() as raw:
+            if server_target.dialect.name == "postgres":
+                assert not raw.is_in_transaction()
+            else:
+                assert not raw.get_transaction_status()
 
 
 async def test_reset_after_the_first_row_raises_stream_interrupted(
@@ -272,6 +278,27 @@ async def test_reset_after_the_first_row_raises_stream_interrupted(
         assert db.statistics().replays == 0
         await released(db)
         assert await db.fetchval("SELECT 1") == 1
+
+
+async def test_a_later_batch_past_its_timeout_interrupts(server_target: Target) -> None:
+    """``timeout`` bounds each batch: one that stalls ends the stream, counted, discarded."""
+    if server_target.dialect.name == "postgres":
+        slow = "SELECT g AS x, CASE WHEN g = 45 THEN pg_sleep(3) END FROM generate_series(1, 100) g"
+    else:
+        # Rows larger than the server's network buffer, so each is sent as it is made.
+        slow = "SELECT seq AS x, IF(seq = 45, SLEEP(3), REPEAT('x', 20000)) FROM seq_1_to_100"
+    async with supervised(server_target.dsn, min_size=1, max_size=2) as s:
+        db = s.db
+        tasks_before = asyncio.all_tasks()
+        stream = db.iterate(slow, batch=10, timeout=1)
+        with pytest.raises(StreamInterrupted) as info:
+            async for _ in stream:
+                pass
+        assert info.value.rows_delivered == 40 and isinstance(info.value.__cause__, TimeoutError)
+        await released(db)
+        assert db.statistics().replays == 0
+        assert await db.fetchval("SELECT 1") == 1
+        await until(lambda: asyncio.all_tasks() <= tasks_before | {asyncio.current_task()})
 
 
 # -- the small things shipped with streams -----------------------------------------------------

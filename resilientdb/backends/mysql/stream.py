@@ -75,7 +75,7 @@ class MySQLCursor:
             async with asyncio.timeout(timeout):
                 await self._cur.close()  # reads what is left, and any later result sets
                 if self._end is not None:
-                    await self._cur.connection.query(self._end)
+                    await raw.query(self._end)
         except BaseException:
             raw.close()
             raise
