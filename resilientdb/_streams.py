@@ -32,7 +32,7 @@ from ._redact import describe
 from ._states import State
 from ._transaction import Transaction, TxState
 from .backends.base import Connection, Cursor, ErrorKind, Streams
-from .errors import StreamInterrupted
+from .errors import StreamInterrupted, SupervisorClosed
 
 if TYPE_CHECKING:
     from ._engine import Engine
@@ -278,6 +278,12 @@ class Stream:
             exc.add_note(f"resilientdb: the stream had delivered {n} rows before this error")
             raise exc
         kind = eng.classify_sent(exc, conn)
+        if eng.gate.state is State.CLOSED:
+            self._abandon()
+            raise SupervisorClosed(
+                f"backend {eng.name!r}: the supervisor was closed while the stream was open "
+                f"({n} rows had been delivered)"
+            ) from exc
         if kind is ErrorKind.CONNECTION:
             if isinstance(exc, TimeoutError):
                 eng.monitor.report_suspect(self._generation, exc, _OP)

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from harness.polling import until, until_async
-from resilientdb import Database, Row, State, StreamInterrupted, Supervisor
+from resilientdb import Database, Row, State, StreamInterrupted, Supervisor, SupervisorClosed
 from resilientdb.testing import FaultProxy
 from tests.backends.conftest import Target
 from tests.backends.test_contract import kill_underneath
@@ -137,6 +137,22 @@ async def test_cancellation_leaks_nothing(target: Target, sup: Supervisor) -> No
 
         await until_async(closed, timeout=5, interval=0.05)
     assert seen  # some readers were cancelled mid-stream
+    seen.clear()
+
+    async def in_transaction() -> None:
+        async with db.transaction() as tx:
+            async for row in tx.iterate(query, batch=50):
+                seen.append(row["x"])
+                await asyncio.sleep(0)
+
+    for delay in [0, 0.005, 0.05, 0.2]:
+        task = asyncio.create_task(in_transaction())
+        await asyncio.sleep(delay)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await released(db)
+    assert seen
     assert await db.fetchval("SELECT 1") == 1
     await until(lambda: asyncio.all_tasks() <= tasks_before | {asyncio.current_task()})
     assert db.state is State.CONNECTED
@@ -223,6 +239,19 @@ async def test_sqlite_connection_closed_mid_stream(target: Target, sup: Supervis
     assert info.value.rows_delivered == 20 and "20 rows" in str(info.value)
     await released(db)
     assert await db.fetchval("SELECT 1") == 1
+
+
+async def test_closing_the_supervisor_ends_an_open_stream(target: Target) -> None:
+    if target.dialect.name != "sqlite":
+        pytest.skip("the same on every backend; the close waits its bound for the stream")
+    s = supervised(target.dsn, min_size=1)
+    await s.start()
+    stream = s.db.iterate(numbers(target, 1000), batch=10)
+    await stream.__anext__()
+    await s.aclose()  # waits a few seconds for the connection the stream holds, then closes it
+    with pytest.raises(SupervisorClosed, match="10 rows had been delivered"):
+        async for _ in stream:
+            pass
 
 
 # -- through a FaultProxy (the server backends) ------------------------------------------------
