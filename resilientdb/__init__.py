@@ -11,6 +11,7 @@ from ._database import Database
 from ._row import Row
 from ._states import State
 from ._statistics import BackendStatistics
+from ._streams import Stream
 from ._supervisor import Supervisor
 from .config import BackendConfig, Options
 from .errors import (
@@ -45,6 +46,7 @@ __all__ = [
     "ResilientDBError",
     "Row",
     "State",
+    "Stream",
     "StreamInterrupted",
     "Supervisor",
     "SupervisorClosed",

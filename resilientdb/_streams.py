@@ -123,7 +123,11 @@ class Stream:
                 raise StopAsyncIteration
             if not self._started:
                 self._started = True
-                await self._first()
+                try:
+                    await self._first()
+                except BaseException:
+                    self._done = True  # the call's final error: the stream is over
+                    raise
             else:
                 await self._more()
 

@@ -134,6 +134,7 @@ class Transaction:
         (see ``Database.iterate``); never replayed. ``timeout`` bounds each batch."""
         from ._streams import Stream  # (imports this module)
 
+        # The one place tx.iterate receives (query, args): a preparation step goes here.
         return Stream(
             self._engine, query, args, batch=batch, timeout=timeout, idempotent=None, tx=self
         )

@@ -213,6 +213,11 @@ async def test_query_error_is_the_drivers_own(target: Target, sup: Supervisor) -
         async for _ in db.iterate("SELEC 1"):
             pass
     assert target.faults.syntax_error(info.value)
+    stream = db.iterate("SELEC 1")
+    with pytest.raises(Exception, match=r"(?i)syntax"):
+        await stream.__anext__()
+    with pytest.raises(StopAsyncIteration):  # over: nothing more is sent
+        await stream.__anext__()
     assert db.statistics().replays == 0 and db.statistics().pool.in_use == 0
 
 
