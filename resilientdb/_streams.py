@@ -246,8 +246,12 @@ class Stream:
         cursor = self._cursor
         assert cursor is not None and self._conn is not None
         tx = self._tx
-        if tx is not None:
-            tx._check()  # the block has ended, or the transaction was lost meanwhile
+        if tx is not None and tx.state is not TxState.OPEN:
+            # The block has ended, or the transaction was lost meanwhile: the connection is
+            # no longer the stream's. Raise why (TransactionClosed, ...), touching nothing.
+            self._conn = self._cursor = None
+            self._done = True
+            tx._check()
         try:
             rows = await cursor.fetch(self._batch, self._bound())
         except Exception as exc:

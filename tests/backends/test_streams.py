@@ -187,6 +187,10 @@ async def test_iterate_inside_a_transaction(target: Target, sup: Supervisor) -> 
         await stream.__anext__()
     with pytest.raises(Exception, match="block has ended"):
         await stream.__anext__()  # the handle's block ended: nothing is sent
+    with pytest.raises(StopAsyncIteration):
+        await stream.__anext__()
+    del stream  # its connection is another caller's now: dropping it touches nothing
+    assert db.statistics().pool.in_use == 0 and await db.fetchval("SELECT 1") == 1
 
 
 async def test_bad_arguments_refused_before_anything_is_sent(
