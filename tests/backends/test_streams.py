@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from harness.polling import until, until_async
+from harness.servers import PostgresServer
 from resilientdb import Database, Row, State, StreamInterrupted, Supervisor, SupervisorClosed
 from resilientdb.testing import FaultProxy
 from tests.backends.conftest import Target
@@ -364,3 +365,21 @@ async def test_close_is_an_alias_of_aclose(target: Target) -> None:
     await db.close()  # closes the supervisor it belongs to
     assert s.state is State.CLOSED
     await db.aclose()  # idempotent
+
+
+async def test_asyncpg_record_class_reaches_every_row(pg: PostgresServer) -> None:
+    """PostgreSQL rows are asyncpg Records, or the ``record_class`` of ``connect_kwargs``:
+    the same class from every method, streams and transactions included."""
+    import asyncpg
+
+    class Mine(asyncpg.Record):
+        pass
+
+    async with supervised(pg.dsn(), connect_kwargs={"record_class": Mine}) as s:
+        db = s.db
+        assert type(await db.fetchrow("SELECT 1 AS a")) is Mine
+        assert all(type(r) is Mine for r in await db.fetch("SELECT 1 AS a"))
+        assert [type(r) async for r in db.iterate("SELECT 1 AS a")] == [Mine]
+        async with db.transaction() as tx:
+            assert type(await tx.fetchrow("SELECT 1 AS a")) is Mine
+            assert [type(r) async for r in tx.iterate("SELECT 1 AS a")] == [Mine]
