@@ -11,11 +11,14 @@ from ._database import Database
 from ._row import Row
 from ._states import State
 from ._statistics import BackendStatistics
+from ._subscription import Notification, Subscription
 from ._supervisor import Supervisor
 from .config import BackendConfig, Options
 from .errors import (
     ConfigurationError,
+    CopyInterrupted,
     DatabaseUnavailable,
+    NotSupported,
     OutcomeUnknown,
     Overloaded,
     ResilientDBError,
@@ -34,16 +37,20 @@ __all__ = [
     "BackendStatistics",
     "Backoff",
     "ConfigurationError",
+    "CopyInterrupted",
     "Database",
     "DatabaseUnavailable",
     "HealthReport",
     "HealthStatus",
+    "NotSupported",
+    "Notification",
     "Options",
     "OutcomeUnknown",
     "Overloaded",
     "ResilientDBError",
     "Row",
     "State",
+    "Subscription",
     "Supervisor",
     "SupervisorClosed",
     "TransactionClosed",
