@@ -26,6 +26,7 @@ import os
 from collections.abc import AsyncIterable, Awaitable, Callable, Collection
 from typing import TYPE_CHECKING, Any
 
+from ._leases import deadline_after
 from ._redact import describe
 from ._replay import verdict
 from ._states import State
@@ -170,8 +171,6 @@ async def run_copy(
     """``await call(conn, command_timeout)`` through the gate with the COPY replay rules (see
     the module docstring): ``source`` for a copy-in, ``sink`` for a copy-out (``query``: the
     text of ``copy_from_query``)."""
-    from ._leases import deadline_after
-
     opts, gate, backend = engine.options, engine.gate, engine.backend
     deadline = deadline_after(timeout)
     tried: Attempts | None = None

@@ -292,3 +292,6 @@ class Listener:
             await asyncio.wait_for(conn.close(), timeout=_CLOSE_BOUND)
         except Exception:
             conn.terminate()
+        except BaseException:
+            conn.terminate()  # cancelled while closing: never leave the socket open
+            raise

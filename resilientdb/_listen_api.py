@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 from ._copy import require_postgres
 from ._listen import Listener
 from ._subscription import Subscription, check_channel
+from .errors import NotSupported
 
 if TYPE_CHECKING:
     from ._engine import Engine
@@ -37,6 +38,12 @@ class ListenMethods:
         ``DatabaseUnavailable``. PostgreSQL only (``NotSupported`` elsewhere).
         """
         require_postgres(self._engine, "LISTEN/NOTIFY")
+        if not callable(getattr(self._engine.backend, "connect_dedicated", None)):
+            raise NotSupported(
+                f"backend {self._engine.name!r}: its adapter "
+                f"({type(self._engine.backend).__name__}) opens no dedicated connection, "
+                f"which LISTEN needs"
+            )
         if not channels:
             raise ValueError("listen() needs at least one channel name")
         names = [check_channel(c) for c in channels]

@@ -72,6 +72,15 @@ async def test_notifications_reach_every_subscriber_and_leaving_closes(pg: Postg
                 await db.notify("b", "in tx")
                 await tx.execute("SELECT 1")
             assert (await next_item(only_b)).payload == "in tx"
+            await both.aclose()  # "a" is nobody's any more: UNLISTENed, the connection stays
+            await db.notify("b", "still")
+            assert (await next_item(only_b)).payload == "still"
+            for _ in range(100):  # the listener's task UNLISTENs in the background
+                if db._listener._listening == {"b"}:
+                    break
+                await asyncio.sleep(0.02)
+            assert db._listener._listening == {"b"}
+            assert db._listener.connection.get_server_pid() == pid
         # The last subscriber left: the task ended and the connection is closed.
         await asyncio.sleep(0.1)
         assert not listen_tasks()
@@ -248,3 +257,45 @@ async def test_a_silent_partition_is_found_by_the_ping(
         assert sup.db._listener.connects > first
         await sup.db.notify("quiet", "healed", timeout=15)
         assert (await next_item(sub)).payload == "healed"
+
+
+def test_notify_is_a_write_for_the_replay_rules() -> None:
+    from resilientdb._replay import verdict
+
+    assert not verdict("SELECT pg_notify($1, $2)", "postgresql").read_only
+
+
+async def test_churn_with_resets_leaves_nothing(pg: PostgresServer, proxy: FaultProxy) -> None:
+    """Subscribers come and go concurrently (bounded: 5 tasks x 15 rounds) while the proxy
+    resets connections: every subscriber that entered receives what it was sent after
+    entering (or a marker first), and at the end no task and no connection is left."""
+    sup = Supervisor(via(proxy, pg.dsn()), connect_timeout=2.0)
+    async with sup:
+        db = sup.db
+
+        async def churn(k: int) -> None:
+            for r in range(15):
+                async with db.listen(f"c{k}", "shared", timeout=10) as sub:
+                    await db.notify(f"c{k}", str(r), timeout=10, idempotent=True)
+                    while True:
+                        item = await next_item(sub)
+                        if isinstance(item, NotificationsMissed):
+                            # Told it may have missed it: resynchronise (send it again).
+                            await db.notify(f"c{k}", str(r), timeout=10, idempotent=True)
+                        elif item.channel == f"c{k}":
+                            assert item.payload == str(r)
+                            break
+
+        async def resets() -> None:
+            for _ in range(3):
+                await asyncio.sleep(0.15)
+                proxy.reset()
+
+        await asyncio.wait_for(asyncio.gather(*(churn(k) for k in range(5)), resets()), 60)
+        await asyncio.sleep(0.2)
+        assert not listen_tasks() and db._listener.connection is None
+        assert proxy.stats.resets >= 1
+    listening = await asyncio.to_thread(
+        pg.admin_query, "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'LISTEN%'"
+    )
+    assert int(listening) == 0
