@@ -203,6 +203,7 @@ class TransactionCopy:
 
     async def copy_records_to_table(self, table_name: str, *, records: Any, **kw: Any) -> str:
         """``Database.copy_records_to_table`` inside the transaction."""
+        _check_options("copy_records_to_table", _rest(kw), frozenset())
         return await _in_tx(self, "copy_records_to_table", table_name, records=records, **kw)
 
     async def copy_to_table(self, table_name: str, *, source: Any, **kw: Any) -> str:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -39,6 +40,8 @@ if TYPE_CHECKING:
     from ._engine import Engine
 
 __all__ = ["Listener"]
+
+logger = logging.getLogger("resilientdb")
 
 _GATE_POLL = 0.1  # how often a listener waiting for the backend looks at its state
 _CLOSE_BOUND = 2.0
@@ -131,7 +134,16 @@ class Listener:
     async def _run(self) -> None:
         try:
             while True:
-                await self._serve()
+                try:
+                    await self._serve()
+                except Exception as exc:
+                    # A bug of ours must not leave subscribers waiting forever: they get it.
+                    logger.exception("resilientdb listener of %r failed", self.name)
+                    subs, self._subs = self._subs, []
+                    for sub in subs:
+                        err = DatabaseUnavailable(f"backend {self.name!r}: the listener failed")
+                        err.__cause__ = exc
+                        sub.fail(err)
                 conn, self._conn = self._conn, None
                 self._listening.clear()
                 self._gap = None
