@@ -299,3 +299,45 @@ async def test_churn_with_resets_leaves_nothing(pg: PostgresServer, proxy: Fault
         pg.admin_query, "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'LISTEN%'"
     )
     assert int(listening) == 0
+
+
+async def test_closing_or_cancelling_during_an_outage(
+    pg: PostgresServer, proxy: FaultProxy
+) -> None:
+    """While the listener cannot reconnect: a subscriber cancelled while entering leaves no
+    trace, and closing the supervisor ends the others promptly with SupervisorClosed."""
+    sup = Supervisor(via(proxy, pg.dsn()), connect_timeout=1.0)
+    await sup.start()
+    db = sup.db
+    outcome: list[BaseException] = []
+    try:
+        async with db.listen("held") as held:
+            proxy.refuse()
+            proxy.reset()
+            entering = asyncio.create_task(db.listen("other", timeout=30).__aenter__())
+            await asyncio.sleep(0.5)
+            assert not entering.done()
+            entering.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await entering
+            assert db._listener._subs == [held]
+
+            async def consume() -> None:
+                try:
+                    async for _ in held:
+                        pass
+                except BaseException as exc:
+                    outcome.append(exc)
+
+            task = asyncio.create_task(consume())
+            await asyncio.sleep(0.2)
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            await sup.aclose()
+            assert loop.time() - started < 5.0
+            await asyncio.wait_for(task, 5)
+    finally:
+        await sup.aclose()
+    assert isinstance(outcome[0], SupervisorClosed)
+    assert proxy.stats.refused >= 1
+    assert not listen_tasks()
