@@ -56,7 +56,9 @@ async def backend_alive(pg: PostgresServer, pid: int) -> bool:
 async def test_notifications_reach_every_subscriber_and_leaving_closes(pg: PostgresServer) -> None:
     async with Supervisor(pg.dsn(), min_size=1, max_size=2) as sup:
         db = sup.db
+        before = sup._tasks.running  # the supervisor's own tasks (its task group)
         async with db.listen("a", "b") as both, db.listen("b") as only_b:
+            assert sup._tasks.running == before + 1  # one listener task, however many subscribe
             pid = db._listener.connection.get_server_pid()
             assert sup.db.statistics().pool.size <= 2  # not taken from the pool
             await db.notify("a", "one")
@@ -83,7 +85,7 @@ async def test_notifications_reach_every_subscriber_and_leaving_closes(pg: Postg
             assert db._listener.connection.get_server_pid() == pid
         # The last subscriber left: the task ended and the connection is closed.
         await asyncio.sleep(0.1)
-        assert not listen_tasks()
+        assert not listen_tasks() and sup._tasks.running == before
         assert db._listener.connection is None
         assert not await backend_alive(pg, pid)
         # And a new subscriber starts it again.
@@ -198,7 +200,7 @@ async def test_break_cancel_and_close_leave_nothing(pg: PostgresServer) -> None:
         await sup.aclose()
     await asyncio.wait_for(task, 5)
     assert isinstance(outcome[0], SupervisorClosed)
-    assert not listen_tasks()
+    assert not listen_tasks() and sup._tasks.running == 0
     with pytest.raises(SupervisorClosed):
         async with db.listen("z"):
             pass
