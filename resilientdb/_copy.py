@@ -5,12 +5,18 @@ The replay rules are the engine's (``_engine.py``), with what is particular to a
 
 * an attempt that provably sent nothing (acquire failed, the driver's closed check) is made
   again, as for any call: the source has not been read and the output not written;
-* copy-in is a write: once the COPY may have reached the server, it is replayed only when the
-  caller passed ``idempotent=True`` *and* the source can be read again from its start (a
-  collection of records, a path, a bytes-like object, a seekable file, rewound to where it
-  was); otherwise ``OutcomeUnknown`` with the driver's error chained. A COPY is one statement:
-  when the server rejects it (a constraint, a bad row) nothing of it was written, and the
-  driver's error is raised unchanged;
+* copy-in is a write, but the server applies nothing of a COPY before the end of its data
+  has been sent, and the driver sends the COPY statement just before it starts reading the
+  source. A source the failed attempt never touched (the connection died before the COPY was
+  sent, say while the driver read the table's column types) or provably did not read to its
+  end (a list or tuple, whose iterator tells how many rows are left; a file, whose reads are
+  seen) applied nothing: the call is replayed when the source can be read again (or was never
+  touched), else ``DatabaseUnavailable`` says that nothing was applied. Otherwise the COPY may
+  have been applied: replayed only when the caller passed ``idempotent=True`` *and* the source
+  can be read again from its start (a collection of records, a path, a buffer, a seekable
+  file, rewound to where it was); else ``OutcomeUnknown`` with the driver's error chained. A
+  COPY is one statement: when the server rejects it (a constraint, a bad row) nothing of it
+  was written, and the driver's error is raised unchanged;
 * copy-out is a read (``copy_from_query`` unless its text may write: ``COPY (INSERT ...
   RETURNING ...) TO``), replayed after a lost connection unless ``idempotent=False``, with one
   more condition: the caller never receives the same bytes twice. A path is opened afresh
@@ -22,6 +28,7 @@ The replay rules are the engine's (``_engine.py``), with what is particular to a
 from __future__ import annotations
 
 import asyncio
+import operator
 import os
 from collections.abc import AsyncIterable, Awaitable, Callable, Collection
 from typing import TYPE_CHECKING, Any
@@ -31,7 +38,7 @@ from ._redact import describe
 from ._replay import verdict
 from ._states import State
 from .backends.base import ErrorKind
-from .errors import CopyInterrupted, NotSupported
+from .errors import CopyInterrupted, DatabaseUnavailable, NotSupported
 
 if TYPE_CHECKING:
     from ._engine import Engine
@@ -51,13 +58,23 @@ def require_postgres(engine: Engine, what: str) -> None:
 
 
 class Source:
-    """What a copy-in reads, and whether (and how) it can be read again from its start."""
+    """What a copy-in reads: whether (and how) it can be read again from its start, and what
+    the failed attempt did with it.
 
-    __slots__ = ("_file", "_start", "why_not")
+    The driver sends the COPY statement and then starts reading the source; the server applies
+    nothing until the source has been read to its end (then the end of the data is sent). So
+    the driver is given a thin wrapper, per attempt, that records when reading began and, where
+    that costs nothing per row, whether it reached the end: a source never touched means the
+    COPY was never sent, and one not read to its end means nothing of the COPY was applied.
+    """
+
+    __slots__ = ("_file", "_given", "_start", "_wrapper", "why_not")
 
     def __init__(self, source: Any, records: bool) -> None:
+        self._given = source
         self._file: Any = None
         self._start = 0
+        self._wrapper: _Tracked | None = None
         self.why_not: str | None = None  # None: a replay can read it again from its start
         if records:
             # A collection can be iterated again; an iterator or async iterable cannot.
@@ -74,10 +91,101 @@ class Source:
             return
         self.why_not = "its source is an iterator, which cannot be read again"
 
-    def rewind(self) -> None:
-        """Before a replay: put a file back where the first attempt found it."""
+    def for_attempt(self) -> Any:
+        """What to give the driver for the next attempt (a file rewound first)."""
         if self._file is not None:
             self._file.seek(self._start)
+        given = self._given
+        wrapper: _Tracked | None = None
+        if isinstance(given, AsyncIterable):
+            wrapper = _AsyncRecords(given)
+        elif hasattr(given, "read") and not _is_path(given):
+            wrapper = _File(given)
+        elif not _is_path(given) and not isinstance(given, bytearray | memoryview):
+            wrapper = _Records(given)
+        self._wrapper = wrapper
+        return given if wrapper is None else wrapper
+
+    def may_be_applied(self) -> bool:
+        """Whether the failed attempt may have applied anything (False: provably nothing)."""
+        w = self._wrapper
+        return w is None or (w.touched and w.finished() is not False)
+
+    @property
+    def touched(self) -> bool:
+        """The driver began reading it (a source of unknown kind counts as read)."""
+        return self._wrapper is None or self._wrapper.touched
+
+
+_EXACT_ITERATORS = frozenset({type(iter([])), type(iter(())), type(iter(range(0)))})
+
+
+class _Tracked:
+    __slots__ = ("_end", "touched")
+
+    def __init__(self) -> None:
+        self.touched = False  # reading began: the COPY statement was sent
+        self._end: bool | None = None  # False: provably not read to its end
+
+    def finished(self) -> bool | None:
+        """True: read to its end; False: provably not; None: unknown."""
+        return self._end
+
+
+class _Records(_Tracked):
+    """An iterable of records; iteration is the original's (no cost per row)."""
+
+    __slots__ = ("_it", "_records")
+
+    def __init__(self, records: Any) -> None:
+        super().__init__()
+        self._records = records
+        self._it: Any = None
+
+    def __iter__(self) -> Any:
+        self.touched = True
+        self._it = iter(self._records)
+        return self._it
+
+    def finished(self) -> bool | None:
+        # A list's, tuple's or range's iterator knows exactly how many items it has left;
+        # another iterator's hint may be a guess, which must not decide a replay.
+        if type(self._it) not in _EXACT_ITERATORS:
+            return None
+        return operator.length_hint(self._it) == 0
+
+
+class _AsyncRecords(_Tracked):
+    """An async iterable; iteration is the original's."""
+
+    __slots__ = ("_records",)
+
+    def __init__(self, records: Any) -> None:
+        super().__init__()
+        self._records = records
+
+    def __aiter__(self) -> Any:
+        self.touched = True
+        return self._records.__aiter__()
+
+
+class _File(_Tracked):
+    """A file-like source: its reads are counted (one per 512 kB chunk)."""
+
+    __slots__ = ("_file",)
+
+    def __init__(self, file: Any) -> None:
+        super().__init__()
+        self._file = file
+
+    def read(self, size: int = -1) -> Any:
+        self.touched = True
+        if self._end is None:
+            self._end = False
+        data = self._file.read(size)
+        if not data:
+            self._end = True
+        return data
 
 
 class Sink:
@@ -160,7 +268,7 @@ def _seekable(f: Any) -> bool:
 async def run_copy(
     engine: Engine,
     op: str,
-    call: Callable[[Any, float | None], Awaitable[Any]],
+    call: Callable[[Any, float | None, Any], Awaitable[Any]],
     *,
     timeout: float | None,
     idempotent: bool | None,
@@ -168,9 +276,9 @@ async def run_copy(
     sink: Sink | None = None,
     query: str | None = None,
 ) -> Any:
-    """``await call(conn, command_timeout)`` through the gate with the COPY replay rules (see
-    the module docstring): ``source`` for a copy-in, ``sink`` for a copy-out (``query``: the
-    text of ``copy_from_query``)."""
+    """``await call(conn, command_timeout, given)`` through the gate with the COPY replay rules
+    (see the module docstring): ``source`` for a copy-in (``given`` is what the driver reads),
+    ``sink`` for a copy-out (``query``: the text of ``copy_from_query``)."""
     opts, gate, backend = engine.options, engine.gate, engine.backend
     deadline = deadline_after(timeout)
     tried: Attempts | None = None
@@ -192,9 +300,8 @@ async def run_copy(
             await engine.pause(op, tried, exc)
             continue
         try:
-            if source is not None:
-                source.rewind()
-            result = await call(backend.raw(conn), command_timeout)
+            given = None if source is None else source.for_attempt()
+            result = await call(backend.raw(conn), command_timeout, given)
         except Exception as exc:
             if _callers_io(exc, conn):
                 # The caller's file failed (not found, disk full): nothing of a copy-in was
@@ -240,7 +347,18 @@ def _decide(
     if engine.backend.unsent(exc):
         return  # nothing sent: the source was not read, the output not written
     tried.replays += 1
-    if source is not None:  # a write
+    if source is not None and not source.may_be_applied():
+        # The COPY was never sent, or its data never reached its end: nothing was applied.
+        if source.touched and source.why_not is not None:
+            raise engine.final(
+                DatabaseUnavailable(
+                    f"backend {engine.name!r}: {op} lost its connection before the end of its "
+                    f"data, so nothing of it was applied; not replayed: {source.why_not}"
+                ),
+                tried,
+                exc,
+            )
+    elif source is not None:  # a write that may have been applied
         if idempotent is not True:
             raise engine.unknown(op, exc, "a COPY into a table is a write")
         if source.why_not is not None:

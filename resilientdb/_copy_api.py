@@ -71,10 +71,8 @@ class CopyMethods:
                 table_name, records=records, timeout=timeout, **kw
             )
 
-        async def call(conn: Any, bound: float | None) -> Any:
-            return await conn.copy_records_to_table(
-                table_name, records=records, timeout=bound, **kw
-            )
+        async def call(conn: Any, bound: float | None, given: Any) -> Any:
+            return await conn.copy_records_to_table(table_name, records=given, timeout=bound, **kw)
 
         result: str = await run_copy(
             engine,
@@ -112,8 +110,8 @@ class CopyMethods:
         if (tx := engine.joined()) is not None:
             return await tx.copy_to_table(table_name, source=source, timeout=timeout, **kw)
 
-        async def call(conn: Any, bound: float | None) -> Any:
-            return await conn.copy_to_table(table_name, source=source, timeout=bound, **kw)
+        async def call(conn: Any, bound: float | None, given: Any) -> Any:
+            return await conn.copy_to_table(table_name, source=given, timeout=bound, **kw)
 
         result: str = await run_copy(
             engine,
@@ -149,7 +147,7 @@ class CopyMethods:
             return await tx.copy_from_query(query, *args, output=output, timeout=timeout, **options)
         sink = Sink(output)
 
-        async def call(conn: Any, bound: float | None) -> Any:
+        async def call(conn: Any, bound: float | None, _: Any) -> Any:
             sink.delivered = 0
             return await conn.copy_from_query(
                 query, *args, output=sink.output, timeout=bound, **options
@@ -186,7 +184,7 @@ class CopyMethods:
             return await tx.copy_from_table(table_name, output=output, timeout=timeout, **kw)
         sink = Sink(output)
 
-        async def call(conn: Any, bound: float | None) -> Any:
+        async def call(conn: Any, bound: float | None, _: Any) -> Any:
             sink.delivered = 0
             return await conn.copy_from_table(table_name, output=sink.output, timeout=bound, **kw)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,14 @@ import asyncpg
 import pytest
 
 from harness.servers import PostgresServer
-from resilientdb import CopyInterrupted, NotSupported, OutcomeUnknown, Supervisor, TransactionLost
+from resilientdb import (
+    CopyInterrupted,
+    DatabaseUnavailable,
+    NotSupported,
+    OutcomeUnknown,
+    Supervisor,
+    TransactionLost,
+)
 from resilientdb.config import parse_dsn, with_host
 from resilientdb.testing import FaultProxy
 
@@ -274,3 +282,87 @@ async def test_cancelled_copy_leaves_no_connection_in_use(sup: Supervisor) -> No
         await asyncio.sleep(0.1)
     assert sup.db.statistics().pool.in_use == 0
     assert await count(sup) == 0
+
+
+class SlowFirstPass(io.BytesIO):
+    """A CSV source whose first reading is slow (0.3 s per 64 kB read): a statement timeout
+    cuts the COPY before the end of its data is sent."""
+
+    def __init__(self, data: bytes, seekable: bool = True) -> None:
+        super().__init__(data)
+        self.reads, self.passes, self._seekable = 0, 1, seekable
+
+    def seekable(self) -> bool:
+        return self._seekable
+
+    def seek(self, pos: int, whence: int = 0) -> int:
+        self.passes += 1
+        return super().seek(pos, whence)
+
+    def read(self, n: int | None = -1) -> bytes:
+        self.reads += 1
+        if self.passes == 1:
+            time.sleep(0.3)  # in the driver's worker thread
+        return super().read(min(n or 65536, 65536))
+
+
+CSV = b"".join(f"{i},n{i}\n".encode() for i in range(1, 30001))
+
+
+@pytest.fixture
+async def short(pg: PostgresServer) -> AsyncIterator[Supervisor]:
+    async with Supervisor(pg.dsn(), min_size=1, max_size=2, command_timeout=0.5) as s:
+        await s.db.execute("DROP TABLE IF EXISTS copied")
+        await s.db.execute("CREATE TABLE copied (id int PRIMARY KEY, name text)")
+        yield s
+
+
+async def test_a_load_cut_before_its_end_applied_nothing_and_is_replayed(
+    short: Supervisor,
+) -> None:
+    """No idempotent=: the statement timeout cut the COPY before the end of its data was
+    sent, so nothing was applied; the file is rewound and loaded again, once."""
+    source = SlowFirstPass(CSV)
+    source.passes = 0  # the first attempt's seek (to where the file was) starts pass 1
+    assert await short.db.copy_to_table("copied", source=source, format="csv") == "COPY 30000"
+    assert source.passes >= 2  # read again after the first attempt was cut
+    assert await count(short) == 30000
+
+
+async def test_a_load_cut_before_its_end_that_cannot_be_reread(short: Supervisor) -> None:
+    source = SlowFirstPass(CSV, seekable=False)
+    with pytest.raises(DatabaseUnavailable, match="nothing of it was applied") as caught:
+        await short.db.copy_to_table("copied", source=source, format="csv")
+    assert isinstance(caught.value.__cause__, TimeoutError)
+    assert await count(short) == 0
+
+
+async def test_a_stale_connection_before_the_copy_is_replayed(
+    sup: Supervisor, proxy: FaultProxy
+) -> None:
+    """The pooled connection was reset a moment ago and the client may not have noticed yet:
+    the call fails before the COPY statement is sent (while the driver reads the table's
+    columns), the one-shot source untouched, and is replayed on a new connection (or, if the
+    client noticed first, simply runs on one)."""
+    proxy.reset()
+    assert await sup.db.copy_records_to_table("copied", records=iter(ROWS)) == "COPY 2000"
+    assert await count(sup) == len(ROWS) and proxy.stats.resets >= 1
+
+
+def test_what_a_failed_attempt_did_with_its_source() -> None:
+    """The facts the replay decision reads: untouched, cut before the end, read to the end."""
+    from resilientdb._copy import Source
+
+    listed = Source([(1, "a"), (2, "b")], records=True)
+    given = listed.for_attempt()
+    assert not listed.may_be_applied()  # never iterated: the COPY was not sent
+    it = iter(given)
+    next(it)
+    assert not listed.may_be_applied()  # a row left: the end of the data was never sent
+    list(it)
+    assert listed.may_be_applied()
+    generated = Source((r for r in [(1, "a")]), records=True)
+    iter(generated.for_attempt())
+    assert generated.may_be_applied()  # a generator's progress is unknown: assume the worst
+    assert generated.why_not is not None
+    assert Source(b"/some/path", records=False).may_be_applied() is True  # opened by the driver
