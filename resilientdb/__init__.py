@@ -12,11 +12,14 @@ from ._row import Row
 from ._states import State
 from ._statistics import BackendStatistics
 from ._streams import Stream
+from ._subscription import Notification, Subscription
 from ._supervisor import Supervisor
 from .config import BackendConfig, Options
 from .errors import (
     ConfigurationError,
+    CopyInterrupted,
     DatabaseUnavailable,
+    NotSupported,
     OutcomeUnknown,
     Overloaded,
     ResilientDBError,
@@ -36,10 +39,13 @@ __all__ = [
     "BackendStatistics",
     "Backoff",
     "ConfigurationError",
+    "CopyInterrupted",
     "Database",
     "DatabaseUnavailable",
     "HealthReport",
     "HealthStatus",
+    "NotSupported",
+    "Notification",
     "Options",
     "OutcomeUnknown",
     "Overloaded",
@@ -48,6 +54,7 @@ __all__ = [
     "State",
     "Stream",
     "StreamInterrupted",
+    "Subscription",
     "Supervisor",
     "SupervisorClosed",
     "TransactionClosed",

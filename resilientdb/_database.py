@@ -13,7 +13,10 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, TypeVar
 
 from . import _tx_block
+from ._copy_api import CopyMethods
 from ._engine import Engine, deadline_after
+from ._listen import Listener
+from ._listen_api import ListenMethods
 from ._states import State
 from ._statistics import BackendStatistics
 from ._streams import Stream
@@ -27,7 +30,7 @@ T = TypeVar("T")
 __all__ = ["Database"]
 
 
-class Database:
+class Database(CopyMethods, ListenMethods):
     """One backend as the application sees it: ``supervisor.db`` or ``supervisor[name]``.
 
     Every method takes ``timeout=`` (seconds for the whole call: waiting at the gate, acquiring,
@@ -37,13 +40,14 @@ class Database:
     untouched, in its own paramstyle.
     """
 
-    __slots__ = ("_closer", "_engine", "name")
+    __slots__ = ("_closer", "_engine", "_listener", "name")
 
     def __init__(self, engine: Engine) -> None:
         # Built by the Supervisor, which owns the monitor and the engine; this is the face.
         self._engine = engine
         self.name = engine.name
         self._closer: Callable[[], Awaitable[None]] | None = None  # the owner's aclose
+        self._listener = Listener(engine)  # db.listen()'s connection, opened on first use
 
     def __repr__(self) -> str:
         return f"<Database {self.name!r} {self._engine.backend.dsn} {self.state.value}>"

@@ -194,6 +194,9 @@ class Supervisor:
     async def _close(self) -> None:
         watchdog, self._watchdog = self._watchdog, None
         try:
+            # Listeners first: their subscribers end and their connections close while the
+            # gates are still open.
+            await asyncio.gather(*(db._listener.aclose() for db in self._databases.values()))
             if watchdog is not None:
                 await watchdog.aclose()
             await asyncio.gather(*(m.aclose() for m in self._monitors.values()))

@@ -28,6 +28,7 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
+from ._copy_api import TransactionCopy
 from ._redact import describe
 from ._replay import begins_with_commit, is_commit, verdict
 from .backends.base import Connection, Cursor, ErrorKind
@@ -49,7 +50,7 @@ class TxState(enum.Enum):
     CLOSED = "closed"  # the block ended
 
 
-class Transaction:
+class Transaction(TransactionCopy):
     """The handle of an open transaction: ``tx.fetch``, ``fetchrow``, ``fetchval``,
     ``execute``, ``executemany``, and ``tx.transaction()`` for a nested savepoint.
 

@@ -10,7 +10,9 @@ from typing import Any
 
 __all__ = [
     "ConfigurationError",
+    "CopyInterrupted",
     "DatabaseUnavailable",
+    "NotSupported",
     "OutcomeUnknown",
     "Overloaded",
     "ResilientDBError",
@@ -116,3 +118,23 @@ for _cls in (
     # Shown as resilientdb.OutcomeUnknown in tracebacks: the public name, not the module path.
     _cls.__module__ = "resilientdb"
 del _cls
+
+
+class NotSupported(ResilientDBError, NotImplementedError):
+    """The backend has no such feature (COPY, LISTEN/NOTIFY on a backend other than
+    PostgreSQL). Raised before anything is sent: no connection was touched."""
+
+
+class CopyInterrupted(ResilientDBError):
+    """A COPY out (``copy_from_query`` / ``copy_from_table``) lost its connection after
+    ``delivered`` bytes had already reached the caller's output, which cannot be rewound (a
+    callable, or a file that is not seekable). Replaying would hand the caller those bytes
+    twice, so nothing was replayed: the output holds a partial result. The driver's error is
+    chained as ``__cause__``."""
+
+    def __init__(self, message: str, delivered: int) -> None:
+        super().__init__(message)
+        self.delivered = delivered
+
+
+NotSupported.__module__ = CopyInterrupted.__module__ = "resilientdb"

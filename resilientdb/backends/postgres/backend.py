@@ -163,6 +163,27 @@ class PostgresBackend(Classifies):
                 raise
         self._pool = ready
 
+    async def connect_dedicated(self) -> Any:
+        """A connection outside the pool (``db.listen()``'s): the same DSN, ``connect_kwargs``,
+        TCP keepalive and ``on_connect`` hook, bounded by ``connect_timeout``. Raises
+        ``ConnectPaused`` while the supervisor is checking or reconnecting (only its probe
+        knocks on the server then). The caller owns and closes it."""
+        self._may_connect.check()
+        opts = self.options
+        conn = await asyncpg.connect(
+            self.dsn.raw, timeout=opts.connect_timeout, **dict(opts.connect_kwargs)
+        )
+        try:
+            if opts.tcp_keepalive:
+                tune_transport(getattr(conn, "_transport", None), opts.tcp_user_timeout)
+            if opts.on_connect is not None:
+                async with asyncio.timeout(opts.connect_timeout):
+                    await opts.on_connect(conn)
+        except BaseException:
+            conn.terminate()
+            raise
+        return conn
+
     async def probe(self) -> None:
         opts = self.options
         conn = await asyncpg.connect(
