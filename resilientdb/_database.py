@@ -8,18 +8,22 @@ does); other tasks are unaffected.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import _tx_block
 from ._engine import Engine, deadline_after
+from ._params import prepare
 from ._states import State
 from ._statistics import BackendStatistics
 from ._transaction import Transaction
 from .config import Options
 from .health import HealthReport
 from .health import check as check_health
+
+if TYPE_CHECKING:
+    from ._params import QueryLike
 
 T = TypeVar("T")
 
@@ -32,8 +36,10 @@ class Database:
     Every method takes ``timeout=`` (seconds for the whole call: waiting at the gate, acquiring,
     running, replaying) and the query methods take ``idempotent=``: ``True`` allows replaying
     a write whose outcome is unknown, ``False`` forbids replaying even a SELECT that may have
-    run, ``None`` (default) decides by the statement's leading keyword. SQL goes to the driver
-    untouched, in its own paramstyle.
+    run, ``None`` (default) decides by the statement's leading keyword. A query is a ``str``
+    (the driver's own SQL, sent untouched in its own paramstyle), a :class:`Query` (named
+    parameters, converted for the driver), or a SQLAlchemy statement (compiled with the
+    backend's dialect); the replay rules judge the SQL that really runs.
     """
 
     __slots__ = ("_engine", "name")
@@ -63,21 +69,29 @@ class Database:
     # -- queries ------------------------------------------------------------------------------
 
     async def fetch(
-        self, query: str, *args: Any, timeout: float | None = None, idempotent: bool | None = None
+        self,
+        query: QueryLike,
+        *args: Any,
+        timeout: float | None = None,
+        idempotent: bool | None = None,
     ) -> list[Any]:
         """All rows of ``query``: a list of rows (``row[0]``, ``row["name"]``, ``dict(row)``)."""
         result: list[Any] = await self._run("fetch", query, args, timeout, idempotent)
         return result
 
     async def fetchrow(
-        self, query: str, *args: Any, timeout: float | None = None, idempotent: bool | None = None
+        self,
+        query: QueryLike,
+        *args: Any,
+        timeout: float | None = None,
+        idempotent: bool | None = None,
     ) -> Any:
         """The first row of ``query``, or ``None``."""
         return await self._run("fetchrow", query, args, timeout, idempotent)
 
     async def fetchval(
         self,
-        query: str,
+        query: QueryLike,
         *args: Any,
         column: int = 0,
         timeout: float | None = None,
@@ -87,15 +101,19 @@ class Database:
         return await self._run("fetchval", query, args, timeout, idempotent, column)
 
     async def execute(
-        self, query: str, *args: Any, timeout: float | None = None, idempotent: bool | None = None
+        self,
+        query: QueryLike,
+        *args: Any,
+        timeout: float | None = None,
+        idempotent: bool | None = None,
     ) -> Any:
         """Run a statement; returns the driver's status (asyncpg: the command tag)."""
         return await self._run("execute", query, args, timeout, idempotent)
 
     async def executemany(
         self,
-        command: str,
-        args: Sequence[Sequence[Any]],
+        command: QueryLike,
+        args: Sequence[Sequence[Any]] | Sequence[Mapping[str, Any]],
         *,
         timeout: float | None = None,
         idempotent: bool | None = None,
@@ -103,7 +121,8 @@ class Database:
         """Run ``command`` once per argument tuple.
 
         Replayed only when nothing was sent, or when ``idempotent=True``: a batch that fails
-        midway may have applied part of its rows.
+        midway may have applied part of its rows. With a :class:`Query` or a SQLAlchemy
+        statement, each row is a mapping of names to values.
         """
         # sql=None for the replay rule: a batch is never judged read-only by its keyword.
         return await self._run("executemany", command, (args,), timeout, idempotent, batch=True)
@@ -178,20 +197,22 @@ class Database:
     async def _run(
         self,
         op: str,
-        query: str,
+        query: QueryLike,
         args: tuple[Any, ...],
         timeout: float | None,
         idempotent: bool | None,
         column: int = 0,
         batch: bool = False,
     ) -> Any:
+        # Before anything else: a query that cannot be prepared raises with nothing sent.
+        sql, args = prepare(query, args, self._engine.backend.facts.family, many=batch)
         tx = self._engine.joined()
         if tx is not None:
             # Inside this task's transaction: run there, never replayed.
             if column:
-                return await tx.fetchval(query, *args, column=column, timeout=timeout)
-            return await getattr(tx, op)(query, *args, timeout=timeout)
-        return await self._engine.run(op, query, args, timeout, idempotent, column, batch)
+                return await tx.fetchval(sql, *args, column=column, timeout=timeout)
+            return await getattr(tx, op)(sql, *args, timeout=timeout)
+        return await self._engine.run(op, sql, args, timeout, idempotent, column, batch)
 
     async def health(self, timeout: float | None = None) -> HealthReport:
         """This backend's :class:`HealthReport` (see ``Supervisor.health``); never raises for
