@@ -40,6 +40,7 @@ from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeAlias
 
+from . import _sql
 from ._sql import _DOLLAR_TAG, _LITE_WORD, _MY_WORD, _PG_WORD, _mysql_dash_comment
 
 if TYPE_CHECKING:
@@ -311,37 +312,20 @@ def _scan(sql: str, family: str, backslashes: tuple[bool, bool]) -> list[_Mark]:
 
 def _skip_quoted(sql: str, start: int, quote: str, backslash: bool) -> int:
     """The index after the quoted text opened at ``start`` (doubled quotes escape)."""
-    pos = start + 1
-    while True:
-        k = sql.find(quote, pos)
-        if backslash:
-            b = sql.find("\\", pos)
-            if b >= 0 and (k < 0 or b < k):
-                pos = b + 2
-                continue
-        if k < 0:
-            raise _unterminated(sql, start, "quote")
-        if sql.startswith(quote, k + 1):
-            pos = k + 2
-            continue
-        return k + 1
+    end = _sql._skip_quoted(sql, start, quote, backslash)
+    if end < 0:
+        raise _unterminated(sql, start, "quote")
+    return end
 
 
 def _skip_comment(sql: str, start: int, *, nested: bool, open_ok: bool) -> int:
     """The index after the block comment opened at ``start``; SQLite lets one run to the end."""
-    depth, pos = 1, start + 2
-    while depth:
-        close = sql.find("*/", pos)
-        opener = sql.find("/*", pos) if nested else -1
-        if close < 0:
-            if open_ok:
-                return len(sql)
-            raise _unterminated(sql, start, "comment")
-        if 0 <= opener < close:
-            depth, pos = depth + 1, opener + 2
-        else:
-            depth, pos = depth - 1, close + 2
-    return pos
+    end = _sql._skip_block_comment(sql, start, nested=nested)
+    if end < 0:
+        if open_ok:
+            return len(sql)
+        raise _unterminated(sql, start, "comment")
+    return end
 
 
 def _unterminated(sql: str, at: int, what: str) -> ValueError:
