@@ -117,7 +117,11 @@ def _prepare(
         return _convert(query, args, family, many)
     if isinstance(query, str):  # a str subclass: the driver's SQL all the same
         return query, args
-    if type(query).__module__.startswith("sqlalchemy.") and "sqlalchemy" in sys.modules:
+    if "sqlalchemy" in sys.modules and any(
+        # A SQLAlchemy class, or the application's subclass of one (a custom construct).
+        c.__module__.startswith("sqlalchemy.")
+        for c in type(query).__mro__
+    ):
         from . import _sqlalchemy  # only when a statement needs it
 
         return _sqlalchemy.compile_statement(query, args, family, many)

@@ -176,6 +176,11 @@ def test_call_shape_misuse() -> None:
     values["a"] = 2
     assert prepare(q, (), PG)[1] == (1,)
     assert "1" not in repr(Query("SELECT :secret", secret=1))
+    # The positional-only names of Query are free for parameters.
+    assert prepare(Query("SELECT :sql, :params", sql=1, params=2), (), PG) == (
+        "SELECT $1, $2",
+        (1, 2),
+    )
 
 
 def test_executemany_rows_become_tuples_and_mysql_always_doubles_percent() -> None:

@@ -116,6 +116,39 @@ def test_misuse_is_refused_before_anything_is_sent() -> None:
         prepare(stmt, ([{"ids": [1]}, {"ids": [1, 2]}],), "sqlite", many=True)
 
 
+@pytest.mark.parametrize("family", ["postgresql", "mysql", "sqlite"])
+def test_dml_constructs_are_never_read_only(family: str) -> None:
+    from resilientdb._params import prepare
+    from resilientdb._replay import verdict
+
+    inserted = insert(users).values(id=2, name="c").returning(users.c.id).cte()
+    statements = [
+        insert(users).values(id=1, name="a").returning(users.c.id),
+        insert(users).from_select(["id", "name"], select(users.c.id, users.c.name)),
+        update(users).values(name="b").returning(users.c.name),
+        delete(users).where(users.c.id == 1).returning(users.c.id),
+        select(users).where(users.c.id.in_(select(inserted.c.id))),  # WITH ... INSERT
+    ]
+    for statement in statements:
+        sql, _ = prepare(statement, (), family)
+        assert not verdict(sql, family).read_only, sql
+    sql, _ = prepare(select(users).where(users.c.id == 1), (), family)
+    assert verdict(sql, family).read_only  # (the other half: a select is replayed)
+
+
+class Upsert(type(insert(users))):  # type: ignore[misc]
+    """An application's own construct, subclassing SQLAlchemy's."""
+
+    inherit_cache = True
+
+
+def test_a_subclassed_construct_is_compiled_too() -> None:
+    from resilientdb._params import prepare
+
+    sql, args = prepare(Upsert(users).values(id=1, name="a"), (), "sqlite")
+    assert sql.startswith("INSERT INTO sa_users") and args == (1, "a")
+
+
 def slow(target: Target, value: str) -> Any:
     """A select of ``value`` that takes half a second, as a SQLAlchemy statement."""
     if target.dialect.name == "postgres":
