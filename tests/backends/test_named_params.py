@@ -9,6 +9,7 @@ import asyncio
 import os
 from dataclasses import dataclass
 
+import pytest
 from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 
@@ -112,3 +113,24 @@ def test_converted_queries_bind_exactly_the_named_values(target: Target) -> None
             run()
         finally:
             runner.run(sup.aclose())
+
+
+async def test_a_bad_query_raises_before_anything_is_sent(target: Target) -> None:
+    """Errors in a Query are the caller's: raised at once, nothing sent, no connection taken,
+    and a transaction stays usable."""
+    async with Supervisor(target.dsn, max_size=1) as sup:
+        db = sup.db
+        before = db.statistics()
+        with pytest.raises(ValueError, match="no value for :b"):
+            await db.fetch(Query("SELECT :a, :b", a=1))
+        with pytest.raises(TypeError, match="carries its own values"):
+            await db.fetchval(Query("SELECT :a", a=1), 2)
+        async with db.transaction() as tx:
+            with pytest.raises(ValueError, match=":c given but not used"):
+                await tx.fetchval(Query("SELECT :a", a=1, c=2))
+            with pytest.raises(ValueError, match="unterminated quote"):
+                await db.fetchval(Query("SELECT ':a", a=1))  # joined to tx
+            assert await tx.fetchval(Query("SELECT :a", a="ok")) == "ok"
+        after = db.statistics()
+        assert (after.replays, after.outcome_unknown) == (before.replays, before.outcome_unknown)
+        assert await db.fetchval(Query("SELECT :a", a="still")) == "still"
