@@ -13,8 +13,9 @@ import pytest
 from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 
-from resilientdb import Query, Supervisor
+from resilientdb import OutcomeUnknown, Query, Supervisor
 from tests.backends.conftest import Target
+from tests.handles import supervised
 
 EXAMPLES = int(os.environ.get("PARAMS_EXAMPLES", "60"))
 FAMILY = {"postgres": "postgresql", "mysql": "mysql", "sqlite": "sqlite"}
@@ -134,3 +135,29 @@ async def test_a_bad_query_raises_before_anything_is_sent(target: Target) -> Non
         after = db.statistics()
         assert (after.replays, after.outcome_unknown) == (before.replays, before.outcome_unknown)
         assert await db.fetchval(Query("SELECT :a", a="still")) == "still"
+
+
+async def test_replay_rules_judge_the_converted_text(server_target: Target) -> None:
+    """A Query INSERT cut off mid-flight is OutcomeUnknown and not replayed; a Query SELECT
+    cut off the same way is replayed."""
+    await server_target.admin(server_target.faults.ledger, "app")
+    pg = server_target.dialect.name == "postgres"
+    sleep = "pg_sleep(0.5)" if pg else "(SELECT SLEEP(0.5)) x"
+    async with supervised(server_target.dsn, max_size=2) as sup:
+        insert = asyncio.create_task(
+            sup.db.execute(Query(f"INSERT INTO ledger SELECT :id FROM {sleep}", id="op-q"))
+        )
+        await asyncio.sleep(0.2)
+        assert await server_target.kill_running("INSERT INTO ledger") == 1
+        with pytest.raises(OutcomeUnknown):
+            await insert
+        assert sup.db.statistics().replays == 0
+        count = Query("SELECT COUNT(*) FROM ledger WHERE id = :id", id="op-q")
+        assert await sup.db.fetchval(count) == 0
+        value = "CONCAT(CAST(:v AS text), '%')" if pg else "CONCAT(:v, '%')"
+        read = asyncio.create_task(sup.db.fetchval(Query(f"SELECT {value} FROM {sleep}", v="r")))
+        await asyncio.sleep(0.2)
+        assert await server_target.kill_running("SELECT CONCAT(") == 1
+        assert await read == "r%"
+        st = sup.db.statistics()
+        assert st.outcome_unknown == 1 and st.replays >= 1
