@@ -31,18 +31,19 @@ __all__ = ["compile_statement"]
 @functools.cache
 def _dialect(family: str) -> Dialect:
     # The dialects import no driver until a connection is made; they are only compiled with.
+    # The paramstyle is each driver's own, named rather than left to the dialect's default.
     if family == "postgresql":
         from sqlalchemy.dialects.postgresql.asyncpg import dialect as pg
 
-        return pg()  # type: ignore[no-untyped-call]
+        return pg(paramstyle="numeric_dollar")  # type: ignore[no-untyped-call]
     if family == "mysql":
         from sqlalchemy.dialects.mysql.aiomysql import dialect as my
 
-        return my()
+        return my(paramstyle="format")
     if family == "sqlite":
         from sqlalchemy.dialects.sqlite.aiosqlite import dialect as lite
 
-        return lite()
+        return lite(paramstyle="qmark")
     raise ValueError(f"SQLAlchemy statements are not supported for {family!r} backends")
 
 
