@@ -12,6 +12,7 @@ from ._params import Query
 from ._row import Row
 from ._states import State
 from ._statistics import BackendStatistics
+from ._streams import Stream
 from ._supervisor import Supervisor
 from .config import BackendConfig, Options
 from .errors import (
@@ -20,6 +21,7 @@ from .errors import (
     OutcomeUnknown,
     Overloaded,
     ResilientDBError,
+    StreamInterrupted,
     SupervisorClosed,
     TransactionClosed,
     TransactionLost,
@@ -46,6 +48,8 @@ __all__ = [
     "ResilientDBError",
     "Row",
     "State",
+    "Stream",
+    "StreamInterrupted",
     "Supervisor",
     "SupervisorClosed",
     "TransactionClosed",

@@ -17,6 +17,7 @@ from ._engine import Engine, deadline_after
 from ._params import prepare
 from ._states import State
 from ._statistics import BackendStatistics
+from ._streams import Stream
 from ._transaction import Transaction
 from .config import Options
 from .health import HealthReport
@@ -42,12 +43,13 @@ class Database:
     backend's dialect); the replay rules judge the SQL that really runs.
     """
 
-    __slots__ = ("_engine", "name")
+    __slots__ = ("_closer", "_engine", "name")
 
     def __init__(self, engine: Engine) -> None:
         # Built by the Supervisor, which owns the monitor and the engine; this is the face.
         self._engine = engine
         self.name = engine.name
+        self._closer: Callable[[], Awaitable[None]] | None = None  # the owner's aclose
 
     def __repr__(self) -> str:
         return f"<Database {self.name!r} {self._engine.backend.dsn} {self.state.value}>"
@@ -75,7 +77,9 @@ class Database:
         timeout: float | None = None,
         idempotent: bool | None = None,
     ) -> list[Any]:
-        """All rows of ``query``: a list of rows (``row[0]``, ``row["name"]``, ``dict(row)``)."""
+        """All rows of ``query``: a list of rows (``row[0]``, ``row["name"]``, ``dict(row)``):
+        :class:`Row` on MySQL and SQLite, asyncpg's ``Record`` (or the ``record_class`` given in
+        ``connect_kwargs``) on PostgreSQL, which :class:`Row` imitates."""
         result: list[Any] = await self._run("fetch", query, args, timeout, idempotent)
         return result
 
@@ -118,7 +122,7 @@ class Database:
         timeout: float | None = None,
         idempotent: bool | None = None,
     ) -> Any:
-        """Run ``command`` once per argument tuple.
+        """Run ``command`` once per argument tuple; returns None on every backend.
 
         Replayed only when nothing was sent, or when ``idempotent=True``: a batch that fails
         midway may have applied part of its rows. With a :class:`Query` or a SQLAlchemy
@@ -213,6 +217,49 @@ class Database:
                 return await tx.fetchval(sql, *args, column=column, timeout=timeout)
             return await getattr(tx, op)(sql, *args, timeout=timeout)
         return await self._engine.run(op, sql, args, timeout, idempotent, column, batch)
+
+    def iterate(
+        self,
+        query: QueryLike,
+        *args: Any,
+        batch: int = 1000,
+        timeout: float | None = None,
+        idempotent: bool | None = None,
+    ) -> Stream:
+        """The rows of ``query`` as an async iterator, read ``batch`` rows at a time on a
+        server-side cursor: ``async for row in db.iterate(...)``; memory holds one batch.
+
+        Getting the first batch is one call with the usual rules (``timeout`` bounds it,
+        replays included); each later batch is bounded by ``timeout`` too (within
+        ``command_timeout``); the time spent in the loop body is not counted. Once a row has
+        reached the caller nothing is replayed: a lost connection raises
+        ``StreamInterrupted`` with ``rows_delivered``. The connection is held until the
+        stream ends: read to the end, ``break``, ``aclose()``, an error or cancellation give
+        it back at once. On PostgreSQL, outside a transaction, the query runs in a read-only
+        transaction. Inside this task's transaction it runs there, never replayed.
+        """
+        # The one place iterate receives (query, args): a bad query raises here, unsent.
+        sql, args = prepare(query, args, self._engine.backend.facts.family)
+        return Stream(
+            self._engine,
+            sql,
+            args,
+            batch=batch,
+            timeout=timeout,
+            idempotent=idempotent,
+            tx=None,
+        )
+
+    async def aclose(self) -> None:
+        """Close the supervisor this database belongs to (every backend of it): for code that
+        holds only the database, as it would an asyncpg or psycopg pool. Idempotent."""
+        closer = self._closer
+        if closer is not None:
+            await closer()
+
+    async def close(self) -> None:
+        """Alias of :meth:`aclose` (asyncpg's and psycopg_pool's name)."""
+        await self.aclose()
 
     async def health(self, timeout: float | None = None) -> HealthReport:
         """This backend's :class:`HealthReport` (see ``Supervisor.health``); never raises for

@@ -31,12 +31,13 @@ from typing import TYPE_CHECKING, Any
 from ._params import prepare
 from ._redact import describe
 from ._replay import begins_with_commit, is_commit, verdict
-from .backends.base import Connection, ErrorKind
+from .backends.base import Connection, Cursor, ErrorKind
 from .errors import OutcomeUnknown, TransactionClosed, TransactionLost, TransactionRolledBack
 
 if TYPE_CHECKING:
     from ._engine import Engine
     from ._params import QueryLike
+    from ._streams import Stream
 
 __all__ = ["Transaction", "TxState"]
 
@@ -60,8 +61,17 @@ class Transaction:
     """
 
     __slots__ = (
-        "_begin", "_cause", "_conn", "_engine", "_failed", "_generation", "committed",
-        "committed_early", "committing", "state",
+        "_begin",
+        "_cause",
+        "_conn",
+        "_engine",
+        "_failed",
+        "_generation",
+        "committed",
+        "committed_early",
+        "committing",
+        "dropped",
+        "state",
     )  # fmt: skip
 
     def __init__(
@@ -77,6 +87,9 @@ class Transaction:
         self.committed_early = False
         self.committing = False  # COMMIT was sent (or is being sent)
         self.committed = False  # COMMIT answered: the transaction is committed
+        # Cursors of streams dropped unfinished (``_streams.py``), closed before the next
+        # statement: the connection is the caller's, so nothing may run on it in between.
+        self.dropped: list[Cursor] = []
 
     @property
     def lost(self) -> BaseException | None:
@@ -118,8 +131,21 @@ class Transaction:
         timeout: float | None = None,
     ) -> Any:
         """Run ``command`` once per argument tuple (a mapping per row for a ``Query`` or a
-        SQLAlchemy statement)."""
+        SQLAlchemy statement); returns None on every backend."""
         return await self._call("executemany", command, (args,), timeout=timeout)
+
+    def iterate(
+        self, query: QueryLike, *args: Any, batch: int = 1000, timeout: float | None = None
+    ) -> Stream:
+        """The rows of ``query`` read ``batch`` at a time on a cursor in this transaction
+        (see ``Database.iterate``); never replayed. ``timeout`` bounds each batch."""
+        from ._streams import Stream  # (imports this module)
+
+        # The one place tx.iterate receives (query, args): a bad query raises here.
+        sql, args = prepare(query, args, self._engine.backend.facts.family)
+        return Stream(
+            self._engine, sql, args, batch=batch, timeout=timeout, idempotent=None, tx=self
+        )
 
     def transaction(self) -> AbstractAsyncContextManager[Transaction]:
         """A nested block, as a savepoint: rolled back alone if the block raises."""
@@ -148,6 +174,8 @@ class Transaction:
 
     async def _call(self, op: str, text: QueryLike, args: tuple[Any, ...], **kw: Any) -> Any:
         self._check()
+        if self.dropped:
+            await self.close_dropped(kw.get("timeout"))
         conn = self._conn
         backend = self._engine.backend
         family = backend.facts.family
@@ -182,6 +210,17 @@ class Transaction:
             # CHAIN, MySQL's START TRANSACTION). What came before may be committed.
             await self._ended(op, query, None)
         return result
+
+    async def close_dropped(self, timeout: float | None) -> None:
+        """Close the cursors of streams dropped unfinished, reading what is left of their
+        results where the server sends it anyway (MySQL)."""
+        while self.dropped:
+            cursor = self.dropped.pop()
+            try:
+                await cursor.close(timeout, drain=True)
+            except Exception as exc:
+                await self._after_error(exc, "iterate (closing)", "")
+                raise
 
     async def _refuse_if_failed(self, op: str, timeout: float | None) -> None:
         """Before the caller's own COMMIT on PostgreSQL: a transaction that has failed (an

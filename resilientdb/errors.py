@@ -6,12 +6,15 @@ driver's own exception. These classes describe what the supervisor itself decide
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = [
     "ConfigurationError",
     "DatabaseUnavailable",
     "OutcomeUnknown",
     "Overloaded",
     "ResilientDBError",
+    "StreamInterrupted",
     "SupervisorClosed",
     "TransactionClosed",
     "TransactionLost",
@@ -73,6 +76,27 @@ class TransactionClosed(ResilientDBError):
     """
 
 
+class StreamInterrupted(DatabaseUnavailable):
+    """A stream (``db.iterate()``) lost its connection after rows had reached the caller.
+
+    Never replayed: rows already handed out would repeat or go missing. ``rows_delivered``
+    says how many rows the caller received; the rest of the result was not read. Before the
+    first row a stream follows the usual replay rules and raises the usual errors. The
+    driver's error is chained as ``__cause__``.
+    """
+
+    def __init__(self, message: str, *, rows_delivered: int) -> None:
+        super().__init__(message)
+        self.rows_delivered = rows_delivered
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_stream_interrupted, (str(self), self.rows_delivered))
+
+
+def _stream_interrupted(message: str, rows_delivered: int) -> StreamInterrupted:
+    return StreamInterrupted(message, rows_delivered=rows_delivered)
+
+
 class SupervisorClosed(ResilientDBError):
     """The supervisor is closed (or was never started): no call can go through it."""
 
@@ -87,6 +111,7 @@ for _cls in (
     SupervisorClosed,
     TransactionClosed,
     TransactionRolledBack,
+    StreamInterrupted,
 ):
     # Shown as resilientdb.OutcomeUnknown in tracebacks: the public name, not the module path.
     _cls.__module__ = "resilientdb"

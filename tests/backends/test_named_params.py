@@ -132,9 +132,14 @@ async def test_a_bad_query_raises_before_anything_is_sent(target: Target) -> Non
             with pytest.raises(ValueError, match="unterminated quote"):
                 await db.fetchval(Query("SELECT ':a", a=1))  # joined to tx
             assert await tx.fetchval(Query("SELECT :a", a="ok")) == "ok"
+            rows = [tuple(r) async for r in tx.iterate(Query("SELECT :a, :b", a="x", b="y"))]
+            assert rows == [("x", "y")]
         after = db.statistics()
         assert (after.replays, after.outcome_unknown) == (before.replays, before.outcome_unknown)
         assert await db.fetchval(Query("SELECT :a", a="still")) == "still"
+        with pytest.raises(ValueError, match="no value for :b"):
+            db.iterate(Query("SELECT :a, :b", a=1))  # raised at once: nothing to close
+        assert [r[0] async for r in db.iterate(Query("SELECT :a", a="s"), batch=1)] == ["s"]
 
 
 async def test_replay_rules_judge_the_converted_text(server_target: Target) -> None:

@@ -59,6 +59,8 @@ async def test_core_statements_outside_transactions(target: Target) -> None:
         row = await db.fetchrow(select(users.c.name).where(users.c.id.in_([2, 4, 99])))
         assert row is not None and row["name"] in ("bob", "di")
         assert await db.fetchval(select(func.count()).select_from(users)) == 4
+        streamed = [r["id"] async for r in db.iterate(select(users).order_by(users.c.id), batch=3)]
+        assert streamed == [1, 2, 3, 4]
         # A literal % and a LIKE pattern survive the MySQL format paramstyle, with and
         # without values to format.
         assert await db.fetchval(select(users.c.name).where(users.c.team.like("b%"))) == "bob"
@@ -86,6 +88,8 @@ async def test_core_statements_in_transactions(target: Target) -> None:
             # The same task's calls on db join the transaction.
             assert await db.fetchval(select(func.count()).select_from(users)) == 3
             assert (await tx.fetchrow(select(users.c.name).where(users.c.id == 2)))["name"] == "b"
+            in_tx = tx.iterate(select(users.c.id).where(users.c.id > 1).order_by(users.c.id))
+            assert [r[0] async for r in in_tx] == [2, 3]
         with pytest.raises(RuntimeError):
             async with db.transaction() as tx:
                 await tx.execute(delete(users))

@@ -51,11 +51,12 @@ from pymysql import err as myerr
 
 from ..._redact import register_dsn_secrets
 from .._kit.errors import Classifies
-from ..base import BackendFacts, Connection, PoolStats
+from ..base import BackendFacts, Connection, Cursor, PoolStats
 from .connection import MySQLConnection, quit_raw
 from .errors import ER_CANT_EXECUTE_IN_READ_ONLY_TRANSACTION, ERRORS, errno
 from .pool import MySQLPool
 from .settings import driver_kwargs
+from .stream import open_cursor
 
 if TYPE_CHECKING:
     from ..._dsn import DSN
@@ -165,9 +166,24 @@ class MySQLBackend(Classifies):
             errno(exc) == ER_CANT_EXECUTE_IN_READ_ONLY_TRANSACTION
         )
 
+    async def open_cursor(
+        self,
+        conn: Connection,
+        query: str,
+        args: tuple[Any, ...],
+        *,
+        begin: str | None,
+        end: str | None,
+        timeout: float | None,
+    ) -> Cursor:
+        """A cursor on ``query`` for ``db.iterate()`` (``stream.py``)."""
+        return await open_cursor(
+            cast(MySQLConnection, conn), query, args, begin=begin, end=end, timeout=timeout
+        )
+
 
 if TYPE_CHECKING:
-    from ..base import Backend
+    from ..base import Backend, Streams
 
-    def _conforms(backend: MySQLBackend) -> Backend:
-        return backend  # mypy checks the adapter against the Backend protocol here
+    def _conforms(backend: MySQLBackend) -> tuple[Backend, Streams]:
+        return backend, backend  # mypy checks the adapter against the Backend protocol here

@@ -36,9 +36,11 @@ from ..base import (
     Backend,
     BackendFacts,
     Connection,
+    Cursor,
     Maintains,
     PoolClosed,
     PoolStats,
+    Streams,
     TrimsIdle,
 )
 from .errors import ERRORS
@@ -51,6 +53,7 @@ from .pool import (
     restore_script,
     warm_up,
 )
+from .stream import open_cursor
 
 if TYPE_CHECKING:
     from ..._dsn import DSN
@@ -59,7 +62,10 @@ if TYPE_CHECKING:
 __all__ = ["PostgresBackend"]
 
 FACTS = BackendFacts(
-    "postgresql", atomic_batch=True, readonly_guard=("BEGIN READ ONLY", "ROLLBACK")
+    "postgresql",
+    atomic_batch=True,
+    readonly_guard=("BEGIN READ ONLY", "ROLLBACK"),
+    stream_in_transaction=True,
 )
 _FUNCTIONS = (
     "SELECT p.proname::text, bool_or(p.provolatile = 'v') FROM pg_catalog.pg_proc p "
@@ -286,8 +292,21 @@ class PostgresBackend(Classifies):
         size, idle = (0, 0) if pool is None else (pool.get_size(), pool.get_idle_size())
         return PoolStats(size, idle, size - idle, opts.min_size, opts.max_size)
 
+    async def open_cursor(
+        self,
+        conn: Connection,
+        query: str,
+        args: tuple[Any, ...],
+        *,
+        begin: str | None,
+        end: str | None,
+        timeout: float | None,
+    ) -> Cursor:
+        """A cursor on ``query`` for ``db.iterate()`` (``stream.py``)."""
+        return await open_cursor(conn, query, args, begin=begin, end=end, timeout=timeout)
+
 
 if TYPE_CHECKING:  # mypy checks the adapter against the protocols it implements
 
-    def _conforms(backend: PostgresBackend) -> tuple[Backend, Maintains, TrimsIdle]:
-        return backend, backend, backend
+    def _conforms(backend: PostgresBackend) -> tuple[Backend, Maintains, Streams, TrimsIdle]:
+        return backend, backend, backend, backend
