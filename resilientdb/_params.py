@@ -15,7 +15,7 @@ verdict (``_sql.py``): string literals (PostgreSQL's ``E'...'``, and plain liter
 ``NO_BACKSLASH_ESCAPES``), comments (``--``, ``/* */`` nested on PostgreSQL, ``#`` on
 MySQL), quoted identifiers (``"..."``, backticks, SQLite's ``[...]``) and PostgreSQL dollar
 quotes are never touched; ``::`` is a cast. A ``:name`` right after a letter, digit or
-``_`` (``arr[lo:hi]``) is not a parameter; ``\\:`` writes a literal colon anywhere. When
+``_`` (``arr[lo:hi]``) is not a parameter; ``\\:`` in code writes a plain colon. When
 the server settings would make a literal end at different places (a backslash in a plain
 literal), the readings must agree on every parameter, or the query is refused: a parameter
 guessed wrong would bind a value into the wrong place.
