@@ -25,7 +25,6 @@ What it shows:
 # No `from __future__ import annotations`: FastAPI reads the annotations at runtime.
 
 import os
-import re
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -35,7 +34,7 @@ from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
-from resilientdb import Database, DatabaseUnavailable, OutcomeUnknown, Supervisor
+from resilientdb import Database, DatabaseUnavailable, OutcomeUnknown, Query, Supervisor
 from resilientdb.integrations.fastapi import database, health_router, lifespan
 
 DATABASE_URL = os.environ.get("DATABASE_URL", "sqlite:///notes.db")
@@ -43,15 +42,9 @@ DATABASE_URL = os.environ.get("DATABASE_URL", "sqlite:///notes.db")
 # A bounded wait at the gate: a request should not hang for the default 30 s.
 supervisor = Supervisor(DATABASE_URL, gate_timeout=10, command_timeout=10)
 
-# SQL goes to the driver untouched, in its own paramstyle; written here with $1, $2 and
-# converted for the other drivers, so that the same app runs on all three.
-_SCHEME = DATABASE_URL.split(":", 1)[0]
-_STYLE = {"sqlite": "?", "mysql": "%s", "mariadb": "%s"}.get(_SCHEME)
-
-
-def sql(query: str) -> str:
-    """``query`` in the driver's paramstyle."""
-    return query if _STYLE is None else re.sub(r"\$\d+", _STYLE, query)
+# Queries with values are written once with named parameters (Query(sql, name=value)):
+# resilientdb converts them to each driver's paramstyle, so the same app runs on all three.
+# A plain string would go to the driver untouched, in its own paramstyle ($1, %s or ?).
 
 
 @asynccontextmanager
@@ -100,7 +93,7 @@ async def list_notes(db: DB) -> list[dict[str, Any]]:
 
 @app.get("/notes/{note_id}", responses=UNAVAILABLE)
 async def get_note(note_id: str, db: DB) -> dict[str, Any]:
-    row = await db.fetchrow(sql("SELECT id, body FROM notes WHERE id = $1"), note_id)
+    row = await db.fetchrow(Query("SELECT id, body FROM notes WHERE id = :id", id=note_id))
     if row is None:
         raise HTTPException(404, "no such note")
     return dict(row)
@@ -110,10 +103,12 @@ async def get_note(note_id: str, db: DB) -> dict[str, Any]:
 async def create_note(note: NoteIn, db: DB) -> dict[str, Any]:
     note_id = uuid.uuid4().hex  # generated here, so the outcome can be checked
     try:
-        await db.execute(sql("INSERT INTO notes (id, body) VALUES ($1, $2)"), note_id, note.text)
+        await db.execute(
+            Query("INSERT INTO notes (id, body) VALUES (:id, :body)", id=note_id, body=note.text)
+        )
     except OutcomeUnknown:
         # The connection died after the INSERT may have reached the server. Look for it.
-        found = await db.fetchval(sql("SELECT count(*) FROM notes WHERE id = $1"), note_id)
+        found = await db.fetchval(Query("SELECT count(*) FROM notes WHERE id = :id", id=note_id))
         if not found:
             raise HTTPException(503, "the note was not saved; please retry") from None
     return {"id": note_id, "body": note.text}

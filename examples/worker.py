@@ -29,27 +29,21 @@ import argparse
 import asyncio
 import contextlib
 import os
-import re
 import signal
 import time
 import uuid
 from typing import Any
 
-from resilientdb import Database, DatabaseUnavailable, OutcomeUnknown, Supervisor, events
+from resilientdb import Database, DatabaseUnavailable, OutcomeUnknown, Query, Supervisor, events
 
 BATCH = 20
 
 
 class Jobs:
-    """The job table, written with $n placeholders and converted for the driver."""
+    """The job table, with named parameters (Query): one text for every driver."""
 
     def __init__(self, db: Database, dsn: str) -> None:
         self.db = db
-        scheme = dsn.split(":", 1)[0]
-        self.style = {"sqlite": "?", "mysql": "%s", "mariadb": "%s"}.get(scheme)
-
-    def sql(self, query: str) -> str:
-        return query if self.style is None else re.sub(r"\$\d+", self.style, query)
 
     async def create(self) -> None:
         await self.db.execute(
@@ -59,10 +53,10 @@ class Jobs:
         )
 
     async def enqueue(self, count: int, start: int) -> None:
-        rows = [(uuid.uuid4().hex, start + i) for i in range(count)]
+        rows = [{"id": uuid.uuid4().hex, "n": start + i} for i in range(count)]
         # One batch, all rows or none; new ids each time, so it is not idempotent.
         await self.db.executemany(
-            self.sql("INSERT INTO jobs (id, n, status) VALUES ($1, $2, 'pending')"), rows
+            Query("INSERT INTO jobs (id, n, status) VALUES (:id, :n, 'pending')"), rows
         )
 
     async def process_one(self, tx: Any) -> str | None:
@@ -75,11 +69,12 @@ class Jobs:
         job_id, n = row["id"], row["n"]
         result = sum(i * i for i in range(n % 1000))  # the "work"
         await tx.execute(
-            self.sql(
-                "UPDATE jobs SET status = 'done', result = $1 WHERE id = $2 AND status = 'pending'"
-            ),
-            result,
-            job_id,
+            Query(
+                "UPDATE jobs SET status = 'done', result = :result "
+                "WHERE id = :id AND status = 'pending'",
+                result=result,
+                id=job_id,
+            )
         )
         return str(job_id)
 

@@ -8,6 +8,7 @@ apply a write twice. When it cannot be sure, it raises ``OutcomeUnknown``.
 from . import events
 from ._backoff import Backoff
 from ._database import Database
+from ._params import Query
 from ._row import Row
 from ._states import State
 from ._statistics import BackendStatistics
@@ -49,6 +50,7 @@ __all__ = [
     "Options",
     "OutcomeUnknown",
     "Overloaded",
+    "Query",
     "ResilientDBError",
     "Row",
     "State",

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ._copy import Sink, Source, require_postgres, run_copy
+from ._params import prepare
 
 if TYPE_CHECKING:
     from ._engine import Engine
@@ -125,7 +126,7 @@ class CopyMethods:
 
     async def copy_from_query(
         self,
-        query: str,
+        query: Any,
         *args: Any,
         output: Any,
         timeout: float | None = None,
@@ -143,6 +144,9 @@ class CopyMethods:
         engine = self._engine
         require_postgres(engine, "copy_from_query")
         _check_options("copy_from_query", options, _OUT_OPTIONS)
+        # A Query or a SQLAlchemy select() is converted like any query; the replay rules and
+        # asyncpg see the driver's SQL.
+        query, args = prepare(query, args, engine.backend.facts.family)
         if (tx := engine.joined()) is not None:
             return await tx.copy_from_query(query, *args, output=output, timeout=timeout, **options)
         sink = Sink(output)
@@ -209,8 +213,11 @@ class TransactionCopy:
         _check_options("copy_to_table", _rest(kw), _IN_OPTIONS)
         return await _in_tx(self, "copy_to_table", table_name, source=source, **kw)
 
-    async def copy_from_query(self, query: str, *args: Any, output: Any, **kw: Any) -> str:
+    async def copy_from_query(self, query: Any, *args: Any, output: Any, **kw: Any) -> str:
         """``Database.copy_from_query`` inside the transaction."""
+        handle: Any = self
+        tx: Transaction = handle
+        query, args = prepare(query, args, tx._engine.backend.facts.family)
         _check_options("copy_from_query", _rest(kw), _OUT_OPTIONS)
         return await _in_tx(self, "copy_from_query", query, *args, output=output, **kw)
 

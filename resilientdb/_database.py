@@ -8,15 +8,16 @@ does); other tasks are unaffected.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import _tx_block
 from ._copy_api import CopyMethods
 from ._engine import Engine, deadline_after
 from ._listen import Listener
 from ._listen_api import ListenMethods
+from ._params import prepare
 from ._states import State
 from ._statistics import BackendStatistics
 from ._streams import Stream
@@ -24,6 +25,9 @@ from ._transaction import Transaction
 from .config import Options
 from .health import HealthReport
 from .health import check as check_health
+
+if TYPE_CHECKING:
+    from ._params import QueryLike
 
 T = TypeVar("T")
 
@@ -36,8 +40,10 @@ class Database(CopyMethods, ListenMethods):
     Every method takes ``timeout=`` (seconds for the whole call: waiting at the gate, acquiring,
     running, replaying) and the query methods take ``idempotent=``: ``True`` allows replaying
     a write whose outcome is unknown, ``False`` forbids replaying even a SELECT that may have
-    run, ``None`` (default) decides by the statement's leading keyword. SQL goes to the driver
-    untouched, in its own paramstyle.
+    run, ``None`` (default) decides by the statement's leading keyword. A query is a ``str``
+    (the driver's own SQL, sent untouched in its own paramstyle), a :class:`Query` (named
+    parameters, converted for the driver), or a SQLAlchemy statement (compiled with the
+    backend's dialect); the replay rules judge the SQL that really runs.
     """
 
     __slots__ = ("_closer", "_engine", "_listener", "name")
@@ -69,7 +75,11 @@ class Database(CopyMethods, ListenMethods):
     # -- queries ------------------------------------------------------------------------------
 
     async def fetch(
-        self, query: str, *args: Any, timeout: float | None = None, idempotent: bool | None = None
+        self,
+        query: QueryLike,
+        *args: Any,
+        timeout: float | None = None,
+        idempotent: bool | None = None,
     ) -> list[Any]:
         """All rows of ``query``: a list of rows (``row[0]``, ``row["name"]``, ``dict(row)``):
         :class:`Row` on MySQL and SQLite, asyncpg's ``Record`` (or the ``record_class`` given in
@@ -78,14 +88,18 @@ class Database(CopyMethods, ListenMethods):
         return result
 
     async def fetchrow(
-        self, query: str, *args: Any, timeout: float | None = None, idempotent: bool | None = None
+        self,
+        query: QueryLike,
+        *args: Any,
+        timeout: float | None = None,
+        idempotent: bool | None = None,
     ) -> Any:
         """The first row of ``query``, or ``None``."""
         return await self._run("fetchrow", query, args, timeout, idempotent)
 
     async def fetchval(
         self,
-        query: str,
+        query: QueryLike,
         *args: Any,
         column: int = 0,
         timeout: float | None = None,
@@ -95,15 +109,19 @@ class Database(CopyMethods, ListenMethods):
         return await self._run("fetchval", query, args, timeout, idempotent, column)
 
     async def execute(
-        self, query: str, *args: Any, timeout: float | None = None, idempotent: bool | None = None
+        self,
+        query: QueryLike,
+        *args: Any,
+        timeout: float | None = None,
+        idempotent: bool | None = None,
     ) -> Any:
         """Run a statement; returns the driver's status (asyncpg: the command tag)."""
         return await self._run("execute", query, args, timeout, idempotent)
 
     async def executemany(
         self,
-        command: str,
-        args: Sequence[Sequence[Any]],
+        command: QueryLike,
+        args: Sequence[Sequence[Any]] | Sequence[Mapping[str, Any]],
         *,
         timeout: float | None = None,
         idempotent: bool | None = None,
@@ -111,7 +129,8 @@ class Database(CopyMethods, ListenMethods):
         """Run ``command`` once per argument tuple; returns None on every backend.
 
         Replayed only when nothing was sent, or when ``idempotent=True``: a batch that fails
-        midway may have applied part of its rows.
+        midway may have applied part of its rows. With a :class:`Query` or a SQLAlchemy
+        statement, each row is a mapping of names to values.
         """
         # sql=None for the replay rule: a batch is never judged read-only by its keyword.
         return await self._run("executemany", command, (args,), timeout, idempotent, batch=True)
@@ -186,24 +205,26 @@ class Database(CopyMethods, ListenMethods):
     async def _run(
         self,
         op: str,
-        query: str,
+        query: QueryLike,
         args: tuple[Any, ...],
         timeout: float | None,
         idempotent: bool | None,
         column: int = 0,
         batch: bool = False,
     ) -> Any:
+        # Before anything else: a query that cannot be prepared raises with nothing sent.
+        sql, args = prepare(query, args, self._engine.backend.facts.family, many=batch)
         tx = self._engine.joined()
         if tx is not None:
             # Inside this task's transaction: run there, never replayed.
             if column:
-                return await tx.fetchval(query, *args, column=column, timeout=timeout)
-            return await getattr(tx, op)(query, *args, timeout=timeout)
-        return await self._engine.run(op, query, args, timeout, idempotent, column, batch)
+                return await tx.fetchval(sql, *args, column=column, timeout=timeout)
+            return await getattr(tx, op)(sql, *args, timeout=timeout)
+        return await self._engine.run(op, sql, args, timeout, idempotent, column, batch)
 
     def iterate(
         self,
-        query: str,
+        query: QueryLike,
         *args: Any,
         batch: int = 1000,
         timeout: float | None = None,
@@ -221,10 +242,11 @@ class Database(CopyMethods, ListenMethods):
         it back at once. On PostgreSQL, outside a transaction, the query runs in a read-only
         transaction. Inside this task's transaction it runs there, never replayed.
         """
-        # The one place iterate receives (query, args): a preparation step goes here.
+        # The one place iterate receives (query, args): a bad query raises here, unsent.
+        sql, args = prepare(query, args, self._engine.backend.facts.family)
         return Stream(
             self._engine,
-            query,
+            sql,
             args,
             batch=batch,
             timeout=timeout,

@@ -24,11 +24,12 @@ from __future__ import annotations
 import contextlib
 import enum
 import itertools
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 from ._copy_api import TransactionCopy
+from ._params import prepare
 from ._redact import describe
 from ._replay import begins_with_commit, is_commit, verdict
 from .backends.base import Connection, Cursor, ErrorKind
@@ -36,6 +37,7 @@ from .errors import OutcomeUnknown, TransactionClosed, TransactionLost, Transact
 
 if TYPE_CHECKING:
     from ._engine import Engine
+    from ._params import QueryLike
     from ._streams import Stream
 
 __all__ = ["Transaction", "TxState"]
@@ -103,41 +105,47 @@ class Transaction(TransactionCopy):
 
     # -- the calls ---------------------------------------------------------------------------
 
-    async def fetch(self, query: str, *args: Any, timeout: float | None = None) -> list[Any]:
+    async def fetch(self, query: QueryLike, *args: Any, timeout: float | None = None) -> list[Any]:
         """All rows of ``query``."""
         rows: list[Any] = await self._call("fetch", query, args, timeout=timeout)
         return rows
 
-    async def fetchrow(self, query: str, *args: Any, timeout: float | None = None) -> Any:
+    async def fetchrow(self, query: QueryLike, *args: Any, timeout: float | None = None) -> Any:
         """The first row of ``query``, or ``None``."""
         return await self._call("fetchrow", query, args, timeout=timeout)
 
     async def fetchval(
-        self, query: str, *args: Any, column: int = 0, timeout: float | None = None
+        self, query: QueryLike, *args: Any, column: int = 0, timeout: float | None = None
     ) -> Any:
         """One value of the first row, or ``None``."""
         return await self._call("fetchval", query, args, column=column, timeout=timeout)
 
-    async def execute(self, query: str, *args: Any, timeout: float | None = None) -> Any:
+    async def execute(self, query: QueryLike, *args: Any, timeout: float | None = None) -> Any:
         """Run a statement; returns the driver's status."""
         return await self._call("execute", query, args, timeout=timeout)
 
     async def executemany(
-        self, command: str, args: Sequence[Sequence[Any]], *, timeout: float | None = None
+        self,
+        command: QueryLike,
+        args: Sequence[Sequence[Any]] | Sequence[Mapping[str, Any]],
+        *,
+        timeout: float | None = None,
     ) -> Any:
-        """Run ``command`` once per argument tuple; returns None on every backend."""
+        """Run ``command`` once per argument tuple (a mapping per row for a ``Query`` or a
+        SQLAlchemy statement); returns None on every backend."""
         return await self._call("executemany", command, (args,), timeout=timeout)
 
     def iterate(
-        self, query: str, *args: Any, batch: int = 1000, timeout: float | None = None
+        self, query: QueryLike, *args: Any, batch: int = 1000, timeout: float | None = None
     ) -> Stream:
         """The rows of ``query`` read ``batch`` at a time on a cursor in this transaction
         (see ``Database.iterate``); never replayed. ``timeout`` bounds each batch."""
         from ._streams import Stream  # (imports this module)
 
-        # The one place tx.iterate receives (query, args): a preparation step goes here.
+        # The one place tx.iterate receives (query, args): a bad query raises here.
+        sql, args = prepare(query, args, self._engine.backend.facts.family)
         return Stream(
-            self._engine, query, args, batch=batch, timeout=timeout, idempotent=None, tx=self
+            self._engine, sql, args, batch=batch, timeout=timeout, idempotent=None, tx=self
         )
 
     def transaction(self) -> AbstractAsyncContextManager[Transaction]:
@@ -165,13 +173,14 @@ class Transaction(TransactionCopy):
             f"it was written"
         ) from self._cause
 
-    async def _call(self, op: str, query: str, args: tuple[Any, ...], **kw: Any) -> Any:
+    async def _call(self, op: str, text: QueryLike, args: tuple[Any, ...], **kw: Any) -> Any:
         self._check()
         if self.dropped:
             await self.close_dropped(kw.get("timeout"))
         conn = self._conn
         backend = self._engine.backend
         family = backend.facts.family
+        query, args = prepare(text, args, family, many=op == "executemany")
         if family == "postgresql" and begins_with_commit(query, family):
             await self._refuse_if_failed(op, kw.get("timeout"))
         try:

@@ -23,9 +23,15 @@ def env_with(dsn: str) -> dict[str, str]:
     return {**os.environ, "DATABASE_URL": dsn}
 
 
-@pytest.fixture
-def notes_app(tmp_path: Path) -> Iterator[str]:
-    """examples/fastapi_app.py under uvicorn on a free loopback port; yields its base URL."""
+@pytest.fixture(params=["sqlite", "postgres", "mysql"])
+def notes_app(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """examples/fastapi_app.py under uvicorn on a free loopback port, on each backend (its
+    queries are written once, with named parameters); yields its base URL."""
+    dsn = f"sqlite:///{tmp_path / 'notes.db'}"
+    if request.param != "sqlite":
+        server = request.getfixturevalue("pg" if request.param == "postgres" else "mariadb")
+        server.admin_query("DROP TABLE IF EXISTS notes", "app")  # from an earlier run
+        dsn = server.dsn()
     port = free_port()
     proc = subprocess.Popen(
         [
@@ -33,7 +39,7 @@ def notes_app(tmp_path: Path) -> Iterator[str]:
             "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
         ],
         cwd=tmp_path,
-        env=env_with(f"sqlite:///{tmp_path / 'notes.db'}"),
+        env=env_with(dsn),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

@@ -20,6 +20,7 @@ from resilientdb import (
     DatabaseUnavailable,
     NotSupported,
     OutcomeUnknown,
+    Query,
     Supervisor,
     TransactionLost,
 )
@@ -99,6 +100,20 @@ async def test_copy_round_trip_and_inside_a_transaction(sup: Supervisor, tmp_pat
     assert db.state.value == "connected" and await count(sup) == 16
     with pytest.raises(TypeError, match="delimter"):
         await db.copy_to_table("copied", source=b"", delimter=",")
+
+
+async def test_copy_from_query_takes_a_query_with_named_parameters(sup: Supervisor) -> None:
+    """``Query`` (named parameters) works for copy-out as for every query method, outside and
+    inside a transaction."""
+    await sup.db.copy_records_to_table("copied", records=ROWS[:10])
+    text = "SELECT id FROM copied WHERE id < :below AND id > :above ORDER BY id"
+    out = io.BytesIO()
+    await sup.db.copy_from_query(Query(text, below=5, above=1), output=out)
+    assert out.getvalue() == b"2\n3\n4\n"
+    async with sup.db.transaction() as tx:
+        out = io.BytesIO()
+        await tx.copy_from_query(Query(text, below=3, above=0), output=out)
+        assert out.getvalue() == b"1\n2\n"
 
 
 async def test_not_sent_is_replayed(sup: Supervisor, proxy: FaultProxy) -> None:
