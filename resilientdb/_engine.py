@@ -95,8 +95,18 @@ class Engine(Leases):
             except Exception as exc:
                 # Classified before release, while the closed flag of `conn` is readable.
                 kind = self.classify_sent(exc, conn)
+                moved = kind is ErrorKind.QUERY and not guard and await self._moved(exc, conn)
                 await self.release_after_failure(cm, exc, deadline)
                 tried = tried or self._attempts(deadline)
+                if moved:
+                    # The node refused the write for its role, so nothing was applied; the
+                    # pool has been retired and the check finds the node the DSN asks for.
+                    self.monitor.report_lost(generation, exc, op)
+                    if not self._atomic(query, batch):
+                        why = "an earlier part of it may have committed"
+                        raise self.unknown(op, exc, why) from exc
+                    await self.pause(op, tried, exc)
+                    continue
                 guard = await self._decide(
                     exc, kind, generation, op, query, idempotent, batch, guard, tried, deadline
                 )
@@ -114,6 +124,17 @@ class Engine(Leases):
                 return result  # it opened a transaction and only read in it: nothing lost
             await self.release(cm, generation, op, deadline)
             return result
+
+    async def _moved(self, exc: Exception, conn: Connection) -> bool:
+        """A write refused because the node is no longer the one the DSN asks for (a primary
+        fenced read-only or demoted to standby; ``target_session_attrs``), confirmed by asking
+        the node: then ``conn`` is discarded and the pool retired."""
+        check = getattr(self.backend, "wrong_node", None)
+        if check is None or not await check(exc, conn):
+            return False
+        self.backend.discard(conn)
+        await self.backend.refresh()  # the other connections lead to the same node
+        return True
 
     async def _left_open(
         self,

@@ -30,6 +30,7 @@ from asyncpg import exceptions as pgexc
 from ..._redact import register_dsn_secrets
 from .._kit.errors import Classifies
 from .._kit.pool import CLOSE_TIMEOUT, ConnectGate, expiry, keepalive, ping_bound
+from .._kit.roles import fits, role_name, wanted, wants_writer
 from .._kit.sockets import tune_transport
 from .._kit.wheel import TimeoutWheel
 from ..base import (
@@ -65,6 +66,11 @@ _FUNCTIONS = (
     "SELECT p.proname::text, bool_or(p.provolatile = 'v') FROM pg_catalog.pg_proc p "
     "WHERE p.proname::text = ANY($1::text[]) GROUP BY p.proname"
 )
+# The node's role: a standby replays WAL; a fenced primary has default_transaction_read_only.
+ROLE = (
+    "SELECT pg_catalog.pg_is_in_recovery(), "
+    "pg_catalog.current_setting('default_transaction_read_only')::bool"
+)
 _VOLATILE_OPERATORS = (
     "SELECT DISTINCT o.oprname::text FROM pg_catalog.pg_operator o "
     "JOIN pg_catalog.pg_proc p ON p.oid = o.oprcode WHERE p.provolatile = 'v'"
@@ -87,6 +93,10 @@ class PostgresBackend(Classifies):
         self._may_connect = ConnectGate()
         self._wheel = TimeoutWheel()
         self._expires: dict[int, float] = {}  # server pid -> when the connection retires
+        # target_session_attrs: asyncpg honours it on every connect (pool and probe); the
+        # keepalive and a refused write check it again on connections already open.
+        self._attrs = wanted(dsn)
+        self.role: str | None = None  # the role of the node last seen (health reports it)
         register_dsn_secrets(dsn, options)
 
     @property
@@ -163,7 +173,8 @@ class PostgresBackend(Classifies):
             self.dsn.raw, timeout=opts.connect_timeout, **dict(opts.connect_kwargs)
         )
         try:
-            await conn.fetchval("SELECT 1", timeout=opts.connect_timeout)
+            in_recovery, read_only = await conn.fetchrow(ROLE, timeout=opts.connect_timeout)
+            self.role = role_name(in_recovery, read_only)
         finally:
             await close_connection(conn)
 
@@ -246,7 +257,10 @@ class PostgresBackend(Classifies):
                     await warm_up(pool, opts.min_size)
 
         async def ping(conn: Any) -> None:
-            await conn.fetchval("SELECT 1", timeout=ping_bound(opts))
+            if self._attrs in ("any", "prefer-standby"):
+                await conn.fetchval("SELECT 1", timeout=ping_bound(opts))
+            elif not await self._fits(conn, ping_bound(opts)):
+                raise ConnectionError(f"the node is no longer {self._attrs}")
 
         return await keepalive(
             grabbed,
@@ -267,6 +281,23 @@ class PostgresBackend(Classifies):
 
     def write_refused(self, exc: BaseException) -> bool:
         return isinstance(exc, pgexc.PostgresError) and bool(exc.sqlstate == "25006")
+
+    async def _fits(self, conn: Any, timeout: float | None) -> bool:
+        """Ask the node its role (remembered for health); whether it fits the DSN."""
+        in_recovery, read_only = await conn.fetchrow(ROLE, timeout=timeout)
+        self.role = role_name(in_recovery, read_only)
+        return fits(self._attrs, in_recovery, read_only)
+
+    async def wrong_node(self, exc: BaseException, conn: Connection) -> bool:
+        """A write refused (25006) because the node no longer takes the writes the DSN asks
+        for (``target_session_attrs=read-write`` or ``primary``), confirmed by asking it; a
+        read-only transaction of the caller's own is not that (the node still fits)."""
+        if not (wants_writer(self.dsn) and self.write_refused(exc)):
+            return False
+        try:
+            return not await self._fits(conn, self.options.connect_timeout)
+        except Exception:
+            return False  # an aborted transaction of the caller's, or the connection is gone
 
     async def harmless_functions(
         self, conn: Connection, names: frozenset[str]
