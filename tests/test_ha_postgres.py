@@ -173,3 +173,32 @@ async def test_no_writable_node_waits_then_recovers(
         await asyncio.to_thread(fence, first, False)
         await write
     assert {1, 3} <= await ids(first) and 2 not in await ids(first)
+
+
+async def test_health_reports_the_role_and_fails_on_a_fenced_writer(
+    pair: tuple[PostgresServer, PostgresServer],
+) -> None:
+    first, second = pair
+    sup = Supervisor(both(first, second), keepalive_interval=None)
+    async with sup:
+        report = await sup.health()
+        assert report.ok and report.backends["default"].role == "primary"
+        assert report.to_dict()["checks"]["default:connections"][0]["role"] == "primary"
+        await asyncio.to_thread(fence, first, True)
+        for _ in range(20):  # bounded: the reload reaches the session within moments
+            report = await sup.health()
+            if not report.ok:
+                break
+            await asyncio.sleep(0.1)
+        assert not report.readiness().ok
+        assert report.backends["default"].role == "read-only"
+        assert "target_session_attrs=read-write" in (report.output or "")
+        # The failed check retired the pool: once the supervisor's own check is done, the
+        # next one is on the writable node.
+        for _ in range(20):  # bounded: 2 s
+            await asyncio.sleep(0.1)
+            report = await sup.health()
+            if report.ok:
+                break
+        assert report.ok and report.backends["default"].role == "primary", report.output
+        assert await sup.db.fetchval("SELECT inet_server_port()") == second.port

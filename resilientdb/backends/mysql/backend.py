@@ -51,7 +51,7 @@ from pymysql import err as myerr
 
 from ..._redact import register_dsn_secrets
 from .._kit.errors import Classifies
-from .._kit.roles import role_name, wanted, wants_writer
+from .._kit.roles import fits, role_name, wanted, wants_writer
 from ..base import BackendFacts, Connection, PoolStats
 from .connection import MySQLConnection, quit_raw
 from .errors import ER_CANT_EXECUTE_IN_READ_ONLY_TRANSACTION, ERRORS, errno
@@ -177,6 +177,13 @@ class MySQLBackend(Classifies):
         return isinstance(exc, myerr.MySQLError) and (
             errno(exc) == ER_CANT_EXECUTE_IN_READ_ONLY_TRANSACTION
         )
+
+    async def node_role(self, conn: Connection, timeout: float | None) -> tuple[str, bool]:
+        """The node's role (``primary`` or ``read-only``) and whether it fits the DSN's
+        ``target_session_attrs`` (for health)."""
+        ro = await read_only(cast(MySQLConnection, conn), timeout or self.options.connect_timeout)
+        self._pool.role = role_name(False, ro)
+        return self._pool.role, fits(wanted(self.dsn), ro, ro)
 
     async def wrong_node(self, exc: BaseException, conn: Connection) -> bool:
         """A write refused under ``read_only`` (1290, 1792) while the DSN asks for a writable

@@ -288,6 +288,12 @@ class PostgresBackend(Classifies):
         self.role = role_name(in_recovery, read_only)
         return fits(self._attrs, in_recovery, read_only)
 
+    async def node_role(self, conn: Connection, timeout: float | None) -> tuple[str, bool]:
+        """The node's role (``primary``, ``standby``, ``read-only``) and whether it fits the
+        DSN's ``target_session_attrs`` (for health)."""
+        ok = await self._fits(conn, timeout)
+        return self.role or "unknown", ok
+
     async def wrong_node(self, exc: BaseException, conn: Connection) -> bool:
         """A write refused (25006) because the node no longer takes the writes the DSN asks
         for (``target_session_attrs=read-write`` or ``primary``), confirmed by asking it; a
