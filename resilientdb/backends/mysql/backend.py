@@ -178,6 +178,17 @@ class MySQLBackend(Classifies):
             errno(exc) == ER_CANT_EXECUTE_IN_READ_ONLY_TRANSACTION
         )
 
+    def auth_failed(self, exc: BaseException) -> bool:
+        """The server refused the credentials (1045; a password rotated under us, maybe)."""
+        cur: BaseException | None = exc
+        for _ in range(10):  # aiomysql wraps connect failures; the chain is short
+            if cur is None:
+                return False
+            if isinstance(cur, myerr.MySQLError) and errno(cur) == 1045:
+                return True
+            cur = cur.__cause__
+        return False
+
     async def node_role(self, conn: Connection, timeout: float | None) -> tuple[str, bool]:
         """The node's role (``primary`` or ``read-only``) and whether it fits the DSN's
         ``target_session_attrs`` (for health)."""

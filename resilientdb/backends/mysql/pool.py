@@ -14,6 +14,7 @@ from collections import deque
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+from ..._credentials import current_password
 from .._kit.pool import PoolCore, close_stale, keepalive, ping_bound, trim_oldest
 from .._kit.roles import fits, role_name
 from ..base import PoolClosed, PoolStats
@@ -84,8 +85,12 @@ class MySQLPool(PoolCore[None]):
 
     async def connect(self, *, hook: bool = True) -> MySQLConnection:
         """A new connection of the current generation (not counted in the pool)."""
+        kwargs, source = self._kwargs, self.options.password
+        if source is not None:
+            # Asked on every connect: a rotated password is picked up without a restart.
+            kwargs = {**kwargs, "password": await current_password(source)}
         return await connect_first(
-            self._kwargs, self.options, self.generation, self._hosts, self._attrs, hook=hook
+            kwargs, self.options, self.generation, self._hosts, self._attrs, hook=hook
         )
 
     async def open(self) -> None:

@@ -12,6 +12,7 @@ import inspect
 import ssl
 from typing import TYPE_CHECKING, Any
 
+from ..._credentials import check_single_password
 from ...errors import ConfigurationError
 from .._kit.roles import ATTRS
 
@@ -54,6 +55,7 @@ def check_dsn(dsn: DSN, shown: str) -> None:
 
 def check_options(dsn: DSN, options: Options) -> None:
     """Refuse ``connect_kwargs`` aiomysql would refuse at every connect."""
+    check_single_password(dsn, options)
     charset = options.connect_kwargs.get("charset")
     if isinstance(charset, str) and charset:
         _check_charset(charset, "connect_kwargs: ")

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, cast
 import asyncpg
 from asyncpg import exceptions as pgexc
 
+from ..._credentials import current_password
 from ..._redact import register_dsn_secrets
 from .._kit.errors import Classifies
 from .._kit.pool import CLOSE_TIMEOUT, ConnectGate, expiry, keepalive, ping_bound
@@ -42,7 +43,7 @@ from ..base import (
     PoolStats,
     TrimsIdle,
 )
-from .errors import ERRORS
+from .errors import ERRORS, auth_refused
 from .pool import (
     SESSION_SETTINGS,
     Lease,
@@ -154,7 +155,7 @@ class PostgresBackend(Classifies):
             command_timeout=opts.command_timeout,
             init=self._init_connection,
             connect=self._pool_connect,
-            **{**opts.connect_kwargs, "connection_class": self._connection_class},
+            **{**self._connect_kwargs(), "connection_class": self._connection_class},
         )
         # min_size connections open concurrently, each bounded by `timeout`; the outer bound
         # covers on_connect hooks too. A failed open terminates what it opened.
@@ -167,10 +168,25 @@ class PostgresBackend(Classifies):
                 raise
         self._pool = ready
 
+    def _connect_kwargs(self) -> dict[str, Any]:
+        kwargs = dict(self.options.connect_kwargs)
+        if self.options.password is not None:
+            # asyncpg calls it (and awaits it) on every connect: a rotation is picked up.
+            kwargs["password"] = self._password
+        return kwargs
+
+    async def _password(self) -> str:
+        assert self.options.password is not None
+        return await current_password(self.options.password)
+
+    def auth_failed(self, exc: BaseException) -> bool:
+        """The server refused the credentials (a password rotated under us, maybe)."""
+        return auth_refused(exc)
+
     async def probe(self) -> None:
         opts = self.options
         conn = await asyncpg.connect(
-            self.dsn.raw, timeout=opts.connect_timeout, **dict(opts.connect_kwargs)
+            self.dsn.raw, timeout=opts.connect_timeout, **self._connect_kwargs()
         )
         try:
             in_recovery, read_only = await conn.fetchrow(ROLE, timeout=opts.connect_timeout)

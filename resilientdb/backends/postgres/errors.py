@@ -63,6 +63,18 @@ def _classify_one(exc: BaseException) -> ErrorKind:
     return ErrorKind.QUERY
 
 
+def auth_refused(exc: BaseException) -> bool:
+    """The server refused the credentials (28P01 invalid_password, 28000), along the chain."""
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        if isinstance(cur, pgexc.PostgresError) and cur.sqlstate in ("28P01", "28000"):
+            return True
+        cur = cur.__cause__
+    return False
+
+
 def _unsent(exc: BaseException) -> bool:
     return isinstance(exc, pgexc.InterfaceError) and any(m in str(exc) for m in _UNSENT_MESSAGES)
 
