@@ -198,7 +198,9 @@ class Engine(Leases):
             if not self._atomic(query, batch):
                 # A later statement (or row) failed: the earlier ones stay committed.
                 raise self.unknown(op, exc, "an earlier part of it may have committed")
-            raise self.final(exc, tried)  # the statement's own error, after one attempt
+            # The statement's own error, after one attempt (explained where the adapter can).
+            explain = getattr(self.backend, "explain", None)
+            raise self.final(exc if explain is None else explain(exc), tried)
         monitor = self.monitor
         if isinstance(exc, TimeoutError):
             monitor.report_suspect(generation, exc, op)

@@ -11,6 +11,7 @@ __all__ = [
     "DatabaseUnavailable",
     "OutcomeUnknown",
     "Overloaded",
+    "PreparedStatementsUnsupported",
     "ResilientDBError",
     "SupervisorClosed",
     "TransactionClosed",
@@ -77,6 +78,13 @@ class SupervisorClosed(ResilientDBError):
     """The supervisor is closed (or was never started): no call can go through it."""
 
 
+class PreparedStatementsUnsupported(ResilientDBError):
+    """The driver's prepared statements went missing on the server side: a connection pooler
+    (PgBouncer with ``pool_mode = transaction`` or ``statement``) hands each transaction
+    another server connection. Nothing of the statement ran. The message names the fix
+    (``statement_cache_size=0``); the driver's error is the ``__cause__``."""
+
+
 for _cls in (
     ResilientDBError,
     ConfigurationError,
@@ -87,6 +95,7 @@ for _cls in (
     SupervisorClosed,
     TransactionClosed,
     TransactionRolledBack,
+    PreparedStatementsUnsupported,
 ):
     # Shown as resilientdb.OutcomeUnknown in tracebacks: the public name, not the module path.
     _cls.__module__ = "resilientdb"

@@ -28,7 +28,8 @@ import asyncpg
 from asyncpg import exceptions as pgexc
 
 from ..._credentials import current_password
-from ..._redact import register_dsn_secrets
+from ..._redact import describe, register_dsn_secrets
+from ...errors import PreparedStatementsUnsupported
 from .._kit.errors import Classifies
 from .._kit.pool import CLOSE_TIMEOUT, ConnectGate, expiry, keepalive, ping_bound
 from .._kit.roles import fits, role_name, wanted, wants_writer
@@ -178,6 +179,23 @@ class PostgresBackend(Classifies):
     async def _password(self) -> str:
         assert self.options.password is not None
         return await current_password(self.options.password)
+
+    def explain(self, exc: BaseException) -> BaseException:
+        """``exc``, or the error that names its fix: asyncpg's own prepared statement gone
+        missing (26000) or found twice (42P05) is a pooler in transaction mode."""
+        if not isinstance(
+            exc, pgexc.InvalidSQLStatementNameError | pgexc.DuplicatePreparedStatementError
+        ) or "__asyncpg_" not in str(exc):
+            return exc
+        err = PreparedStatementsUnsupported(
+            f"{describe(exc)}: a connection pooler between this application and PostgreSQL "
+            "(PgBouncer with pool_mode = transaction or statement) does not keep the "
+            "driver's prepared statements; nothing of the statement ran. Connect with "
+            "connect_kwargs={'statement_cache_size': 0} (PgBouncer 1.21+ can also keep them: "
+            "max_prepared_statements)"
+        )
+        err.__cause__ = exc
+        return err
 
     def auth_failed(self, exc: BaseException) -> bool:
         """The server refused the credentials (a password rotated under us, maybe)."""
