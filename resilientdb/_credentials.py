@@ -12,14 +12,20 @@ import inspect
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from ._redact import register_secret
+from ._redact import describe, register_secret
 from .errors import ConfigurationError
 
 if TYPE_CHECKING:
     from ._dsn import DSN
     from .config import Options
 
-__all__ = ["PasswordSource", "check_password", "check_single_password", "current_password"]
+__all__ = [
+    "PasswordSource",
+    "SecretUnavailable",
+    "check_password",
+    "check_single_password",
+    "current_password",
+]
 
 PasswordSource = str | Callable[[], str | Awaitable[str]]
 """A password, or ``() -> str`` / ``async () -> str`` returning the current one."""
@@ -52,11 +58,19 @@ def check_single_password(dsn: DSN, options: Options) -> None:
         )
 
 
+class SecretUnavailable(ConnectionError):
+    """The ``password=`` function raised: the secret store did not answer. Retried like a
+    refused connection (the store may answer next time); the function's error is the cause."""
+
+
 async def current_password(source: PasswordSource) -> str:
     """The password now: ``source`` itself, or what it returns (awaited if need be)."""
-    value: Any = source() if callable(source) else source
-    if inspect.isawaitable(value):
-        value = await value
+    try:
+        value: Any = source() if callable(source) else source
+        if inspect.isawaitable(value):
+            value = await value
+    except Exception as exc:
+        raise SecretUnavailable(f"the password= function raised {describe(exc)}") from exc
     if not isinstance(value, str):
         # A TypeError at connect: classified as a permanent connect failure, named here.
         raise TypeError(f"password= returned {type(value).__name__}, not a string")

@@ -208,3 +208,30 @@ async def test_mysql_password_function_is_asked_on_every_connect(
         assert asked.count("my-two-02") >= 1
     finally:
         mariadb.admin_query(f"DROP USER IF EXISTS {host}")
+
+
+async def test_secret_store_failure_is_an_outage_not_a_failure(rotating: str) -> None:
+    sealed = {"on": False}
+
+    def secret() -> str:
+        if sealed["on"]:
+            raise RuntimeError("the vault is sealed")
+        return "pw-one-0001"
+
+    sup = Supervisor(rotating, password=secret, keepalive_interval=None)
+    recorder = Recorder(sup)
+    async with sup:
+        assert await sup.db.fetchval("SELECT 1") == 1
+        sealed["on"] = True
+        await sup.expire_connections()  # the next call needs a new connection
+        call = asyncio.create_task(sup.db.fetchval("SELECT 2", timeout=10))
+        for _ in range(50):  # bounded: 5 s
+            await asyncio.sleep(0.1)
+            if sup.state is State.RECONNECTING:
+                break
+        assert sup.state is State.RECONNECTING and not call.done()
+        sealed["on"] = False
+        assert await call == 2
+        await recorder.settle()
+    assert "failed" not in recorder.states()
+    assert any("the vault is sealed" in str(getattr(e, "cause", "")) for e in recorder.events)

@@ -14,10 +14,11 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from ..._dsn import DSN
 
-__all__ = ["ATTRS", "fits", "role_name", "wanted", "wants_writer"]
+__all__ = ["ATTRS", "WRITER", "fits", "role_name", "wanted", "wants_writer"]
 
 ATTRS = ("any", "primary", "standby", "prefer-standby", "read-write", "read-only")
-_WRITER = frozenset({"read-write", "primary"})
+WRITER = frozenset({"read-write", "primary"})
+"""The values that ask for a node taking writes."""
 
 
 def wanted(dsn: DSN) -> str:
@@ -27,7 +28,7 @@ def wanted(dsn: DSN) -> str:
 
 def wants_writer(dsn: DSN) -> bool:
     """The DSN asks for a node that takes writes (``read-write`` or ``primary``)."""
-    return wanted(dsn) in _WRITER
+    return wanted(dsn) in WRITER
 
 
 def fits(attrs: str, in_recovery: bool, read_only: bool) -> bool:

@@ -32,7 +32,7 @@ from ..._redact import describe, register_dsn_secrets
 from ...errors import PreparedStatementsUnsupported
 from .._kit.errors import Classifies
 from .._kit.pool import CLOSE_TIMEOUT, ConnectGate, expiry, keepalive, ping_bound
-from .._kit.roles import fits, role_name, wanted, wants_writer
+from .._kit.roles import WRITER, fits, role_name, wanted
 from .._kit.sockets import tune_transport
 from .._kit.wheel import TimeoutWheel
 from ..base import (
@@ -97,7 +97,7 @@ class PostgresBackend(Classifies):
         self._expires: dict[int, float] = {}  # server pid -> when the connection retires
         # target_session_attrs: asyncpg honours it on every connect (pool and probe); the
         # keepalive and a refused write check it again on connections already open.
-        self._attrs = wanted(dsn)
+        self._attrs = str(options.connect_kwargs.get("target_session_attrs") or wanted(dsn))
         self.role: str | None = None  # the role of the node last seen (health reports it)
         register_dsn_secrets(dsn, options)
 
@@ -332,7 +332,7 @@ class PostgresBackend(Classifies):
         """A write refused (25006) because the node no longer takes the writes the DSN asks
         for (``target_session_attrs=read-write`` or ``primary``), confirmed by asking it; a
         read-only transaction of the caller's own is not that (the node still fits)."""
-        if not (wants_writer(self.dsn) and self.write_refused(exc)):
+        if not (self._attrs in WRITER and self.write_refused(exc)):
             return False
         try:
             return not await self._fits(conn, self.options.connect_timeout)
