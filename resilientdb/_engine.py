@@ -95,7 +95,7 @@ class Engine(Leases):
             except Exception as exc:
                 # Classified before release, while the closed flag of `conn` is readable.
                 kind = self.classify_sent(exc, conn)
-                moved = kind is ErrorKind.QUERY and not guard and await self._moved(exc, conn)
+                moved = kind is ErrorKind.QUERY and not guard and await self.moved(exc, conn)
                 await self.release_after_failure(cm, exc, deadline)
                 tried = tried or self._attempts(deadline)
                 if moved:
@@ -125,12 +125,12 @@ class Engine(Leases):
             await self.release(cm, generation, op, deadline)
             return result
 
-    async def _moved(self, exc: Exception, conn: Connection) -> bool:
+    async def moved(self, exc: Exception, conn: Connection, in_transaction: bool = False) -> bool:
         """A write refused because the node is no longer the one the DSN asks for (a primary
         fenced read-only or demoted to standby; ``target_session_attrs``), confirmed by asking
         the node: then ``conn`` is discarded and the pool retired."""
         check = getattr(self.backend, "wrong_node", None)
-        if check is None or not await check(exc, conn):
+        if check is None or not await check(exc, conn, in_transaction):
             return False
         self.backend.discard(conn)
         await self.backend.refresh()  # the other connections lead to the same node

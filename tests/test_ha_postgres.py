@@ -202,3 +202,23 @@ async def test_health_reports_the_role_and_fails_on_a_fenced_writer(
                 break
         assert report.ok and report.backends["default"].role == "primary", report.output
         assert await sup.db.fetchval("SELECT inet_server_port()") == second.port
+
+
+async def test_transactions_on_a_fenced_primary_run_again_on_the_writer(
+    pair: tuple[PostgresServer, PostgresServer],
+) -> None:
+    first, second = pair
+    sup = Supervisor(both(first, second), keepalive_interval=None)
+
+    async def insert(tx: object, n: int) -> None:
+        await tx.execute(INSERT, n)  # type: ignore[attr-defined]
+        await tx.execute(INSERT, n + 1000)  # type: ignore[attr-defined]
+
+    async with sup:
+        await sup.db.run_in_transaction(insert, 1)
+        await asyncio.to_thread(fence, first, True)
+        await asyncio.sleep(0.2)  # the reload reaches the pooled session
+        await sup.db.run_in_transaction(insert, 2)  # refused on the first, run on the second
+        assert await sup.db.fetchval("SELECT inet_server_port()") == second.port
+    assert {1, 1001} <= await ids(first)
+    assert {2, 1002} <= await ids(second) and 2 not in await ids(first)

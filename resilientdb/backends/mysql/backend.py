@@ -196,7 +196,9 @@ class MySQLBackend(Classifies):
         self._pool.role = role_name(False, ro)
         return self._pool.role, fits(wanted(self.dsn), ro, ro)
 
-    async def wrong_node(self, exc: BaseException, conn: Connection) -> bool:
+    async def wrong_node(
+        self, exc: BaseException, conn: Connection, in_transaction: bool = False
+    ) -> bool:
         """A write refused under ``read_only`` (1290, 1792) while the DSN asks for a writable
         node (``target_session_attrs=read-write``), confirmed by asking the node."""
         if not (wants_writer(self.dsn) and errno(exc) in _READ_ONLY_REFUSALS):

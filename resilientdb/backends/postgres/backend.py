@@ -328,12 +328,26 @@ class PostgresBackend(Classifies):
         ok = await self._fits(conn, timeout)
         return self.role or "unknown", ok
 
-    async def wrong_node(self, exc: BaseException, conn: Connection) -> bool:
+    async def wrong_node(
+        self, exc: BaseException, conn: Connection, in_transaction: bool = False
+    ) -> bool:
         """A write refused (25006) because the node no longer takes the writes the DSN asks
         for (``target_session_attrs=read-write`` or ``primary``), confirmed by asking it; a
-        read-only transaction of the caller's own is not that (the node still fits)."""
+        read-only transaction of the caller's own is not that (the node still fits).
+
+        Inside a transaction, which the error has aborted, no query can run: the answer is
+        what the server reports by itself (``in_hot_standby``, ``default_transaction_read_only``:
+        PostgreSQL 14 and later), and no answer means "not confirmed"."""
         if not (self._attrs in WRITER and self.write_refused(exc)):
             return False
+        if in_transaction:
+            settings = cast(Any, conn).get_settings()
+            standby = getattr(settings, "in_hot_standby", None)
+            read_only = getattr(settings, "default_transaction_read_only", None)
+            if standby is None or read_only is None:
+                return False
+            self.role = role_name(standby == "on", read_only == "on")
+            return not fits(self._attrs, standby == "on", read_only == "on")
         try:
             return not await self._fits(conn, self.options.connect_timeout)
         except Exception:
