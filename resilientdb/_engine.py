@@ -95,7 +95,11 @@ class Engine(Leases):
             except Exception as exc:
                 # Classified before release, while the closed flag of `conn` is readable.
                 kind = self.classify_sent(exc, conn)
-                moved = kind is ErrorKind.QUERY and not guard and await self.moved(exc, conn)
+                try:
+                    moved = kind is ErrorKind.QUERY and not guard and await self.moved(exc, conn)
+                except BaseException as cut:  # cancelled while asking the node its role
+                    self.monitor.release_later(cm.__aexit__(type(cut), cut, cut.__traceback__))
+                    raise
                 await self.release_after_failure(cm, exc, deadline)
                 tried = tried or self._attempts(deadline)
                 if moved:
@@ -133,7 +137,8 @@ class Engine(Leases):
         if check is None or not await check(exc, conn, in_transaction):
             return False
         self.backend.discard(conn)
-        await self.backend.refresh()  # the other connections lead to the same node
+        with contextlib.suppress(Exception):
+            await self.backend.refresh()  # the other connections lead to the same node
         return True
 
     async def _left_open(
