@@ -15,7 +15,7 @@ from harness.mariadb_replication import ReplicatedMariaDB
 from harness.servers import MariaDBServer, require
 from resilientdb import OutcomeUnknown, State, Supervisor
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.mysql]
 
 INSERT = "INSERT IGNORE INTO repl_items VALUES (%s)"
 

@@ -23,7 +23,7 @@ from harness.replication import ReplicatedPostgres, fence
 from harness.servers import require_postgres
 from resilientdb import OutcomeUnknown, State, Supervisor
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 
 INSERT = "INSERT INTO repl_items VALUES ($1) ON CONFLICT DO NOTHING"
 
