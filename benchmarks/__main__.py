@@ -1,7 +1,8 @@
 """``make bench``: every benchmark in turn on shared throwaway servers, then RESULTS.md.
 
 ``python -m benchmarks [--quick] [--out DIR] [--skip-ledger]``. Each benchmark also runs
-alone: ``python -m benchmarks.overhead`` (``outages``, ``storm``, ``memory``, ``ledger``).
+alone: ``python -m benchmarks.overhead`` (``outages``, ``storm``, ``memory``, ``ledger``,
+``streaming``).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import datetime
 import sys
 import time
 
-from benchmarks import _servers, ledger, memory, outages, overhead, report, storm
+from benchmarks import _servers, ledger, memory, outages, overhead, report, storm, streaming
 from benchmarks._common import parser, quiet_logs, settings, write_json
 
 LEDGER_SECONDS = 60
@@ -25,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     rc = 0
     try:
-        for module in (overhead, outages, storm, memory):
+        for module in (overhead, outages, storm, memory, streaming):
             print(f"\n## {module.__name__}\n", flush=True)
             asyncio.run(module.run(s))  # type: ignore[attr-defined]
     finally:

@@ -41,10 +41,12 @@ def write(out: Path = RESULTS) -> Path:
         text = target.read_text()
         if NOTES_START in text and NOTES_END in text:
             notes = text[text.index(NOTES_START) + len(NOTES_START) : text.index(NOTES_END)]
-    names = ("overhead", "outages", "storm", "memory", "ledger")
+    from benchmarks import streaming
+
+    names = ("overhead", "outages", "storm", "memory", "ledger", "streaming")
     data = {name: read_json(name, out) for name in names}
     meta = read_json("meta", out) or {}
-    verdicts = sections.verdicts(data)
+    verdicts = sections.verdicts(data) + streaming.verdicts(data["streaming"])
     parts = [
         "# Benchmark results",
         "",
@@ -70,6 +72,7 @@ def write(out: Path = RESULTS) -> Path:
         ("storm", storm_section),
         ("memory", memory_section),
         ("ledger", sections.ledger_section),
+        ("streaming", streaming.section),
     ):
         if data[name] is not None:
             parts += [render(data[name]), ""]

@@ -11,15 +11,20 @@ from ._database import Database
 from ._row import Row
 from ._states import State
 from ._statistics import BackendStatistics
+from ._streams import Stream
+from ._subscription import Notification, Subscription
 from ._supervisor import Supervisor
 from .config import BackendConfig, Options
 from .errors import (
     ConfigurationError,
+    CopyInterrupted,
     DatabaseUnavailable,
+    NotSupported,
     OutcomeUnknown,
     Overloaded,
     PreparedStatementsUnsupported,
     ResilientDBError,
+    StreamInterrupted,
     SupervisorClosed,
     TransactionClosed,
     TransactionLost,
@@ -35,10 +40,13 @@ __all__ = [
     "BackendStatistics",
     "Backoff",
     "ConfigurationError",
+    "CopyInterrupted",
     "Database",
     "DatabaseUnavailable",
     "HealthReport",
     "HealthStatus",
+    "NotSupported",
+    "Notification",
     "Options",
     "OutcomeUnknown",
     "Overloaded",
@@ -46,6 +54,9 @@ __all__ = [
     "ResilientDBError",
     "Row",
     "State",
+    "Stream",
+    "StreamInterrupted",
+    "Subscription",
     "Supervisor",
     "SupervisorClosed",
     "TransactionClosed",

@@ -13,9 +13,13 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, TypeVar
 
 from . import _tx_block
+from ._copy_api import CopyMethods
 from ._engine import Engine, deadline_after
+from ._listen import Listener
+from ._listen_api import ListenMethods
 from ._states import State
 from ._statistics import BackendStatistics
+from ._streams import Stream
 from ._transaction import Transaction
 from .config import Options
 from .health import HealthReport
@@ -26,7 +30,7 @@ T = TypeVar("T")
 __all__ = ["Database"]
 
 
-class Database:
+class Database(CopyMethods, ListenMethods):
     """One backend as the application sees it: ``supervisor.db`` or ``supervisor[name]``.
 
     Every method takes ``timeout=`` (seconds for the whole call: waiting at the gate, acquiring,
@@ -36,12 +40,14 @@ class Database:
     untouched, in its own paramstyle.
     """
 
-    __slots__ = ("_engine", "name")
+    __slots__ = ("_closer", "_engine", "_listener", "name")
 
     def __init__(self, engine: Engine) -> None:
         # Built by the Supervisor, which owns the monitor and the engine; this is the face.
         self._engine = engine
         self.name = engine.name
+        self._closer: Callable[[], Awaitable[None]] | None = None  # the owner's aclose
+        self._listener = Listener(engine)  # db.listen()'s connection, opened on first use
 
     def __repr__(self) -> str:
         return f"<Database {self.name!r} {self._engine.backend.dsn} {self.state.value}>"
@@ -65,7 +71,9 @@ class Database:
     async def fetch(
         self, query: str, *args: Any, timeout: float | None = None, idempotent: bool | None = None
     ) -> list[Any]:
-        """All rows of ``query``: a list of rows (``row[0]``, ``row["name"]``, ``dict(row)``)."""
+        """All rows of ``query``: a list of rows (``row[0]``, ``row["name"]``, ``dict(row)``):
+        :class:`Row` on MySQL and SQLite, asyncpg's ``Record`` (or the ``record_class`` given in
+        ``connect_kwargs``) on PostgreSQL, which :class:`Row` imitates."""
         result: list[Any] = await self._run("fetch", query, args, timeout, idempotent)
         return result
 
@@ -100,7 +108,7 @@ class Database:
         timeout: float | None = None,
         idempotent: bool | None = None,
     ) -> Any:
-        """Run ``command`` once per argument tuple.
+        """Run ``command`` once per argument tuple; returns None on every backend.
 
         Replayed only when nothing was sent, or when ``idempotent=True``: a batch that fails
         midway may have applied part of its rows.
@@ -192,6 +200,48 @@ class Database:
                 return await tx.fetchval(query, *args, column=column, timeout=timeout)
             return await getattr(tx, op)(query, *args, timeout=timeout)
         return await self._engine.run(op, query, args, timeout, idempotent, column, batch)
+
+    def iterate(
+        self,
+        query: str,
+        *args: Any,
+        batch: int = 1000,
+        timeout: float | None = None,
+        idempotent: bool | None = None,
+    ) -> Stream:
+        """The rows of ``query`` as an async iterator, read ``batch`` rows at a time on a
+        server-side cursor: ``async for row in db.iterate(...)``; memory holds one batch.
+
+        Getting the first batch is one call with the usual rules (``timeout`` bounds it,
+        replays included); each later batch is bounded by ``timeout`` too (within
+        ``command_timeout``); the time spent in the loop body is not counted. Once a row has
+        reached the caller nothing is replayed: a lost connection raises
+        ``StreamInterrupted`` with ``rows_delivered``. The connection is held until the
+        stream ends: read to the end, ``break``, ``aclose()``, an error or cancellation give
+        it back at once. On PostgreSQL, outside a transaction, the query runs in a read-only
+        transaction. Inside this task's transaction it runs there, never replayed.
+        """
+        # The one place iterate receives (query, args): a preparation step goes here.
+        return Stream(
+            self._engine,
+            query,
+            args,
+            batch=batch,
+            timeout=timeout,
+            idempotent=idempotent,
+            tx=None,
+        )
+
+    async def aclose(self) -> None:
+        """Close the supervisor this database belongs to (every backend of it): for code that
+        holds only the database, as it would an asyncpg or psycopg pool. Idempotent."""
+        closer = self._closer
+        if closer is not None:
+            await closer()
+
+    async def close(self) -> None:
+        """Alias of :meth:`aclose` (asyncpg's and psycopg_pool's name)."""
+        await self.aclose()
 
     async def health(self, timeout: float | None = None) -> HealthReport:
         """This backend's :class:`HealthReport` (see ``Supervisor.health``); never raises for

@@ -84,6 +84,7 @@ class Supervisor:
             monitor = Monitor(name, _built(factory, name, parsed, opts), opts, self._bus)
             self._monitors[name] = monitor
             self._databases[name] = Database(Engine(monitor))
+            self._databases[name]._closer = self.aclose
         if on_error is not None:
             if not callable(on_error):
                 raise ConfigurationError("on_error must be a callable taking an ErrorOccurred")
@@ -193,6 +194,9 @@ class Supervisor:
     async def _close(self) -> None:
         watchdog, self._watchdog = self._watchdog, None
         try:
+            # Listeners first: their subscribers end and their connections close while the
+            # gates are still open.
+            await asyncio.gather(*(db._listener.aclose() for db in self._databases.values()))
             if watchdog is not None:
                 await watchdog.aclose()
             await asyncio.gather(*(m.aclose() for m in self._monitors.values()))
@@ -201,6 +205,10 @@ class Supervisor:
                 await self._bus.aclose()  # after the monitors: their last events delivered
             finally:
                 await self._tasks.aclose()
+
+    async def close(self) -> None:
+        """Alias of :meth:`aclose` (asyncpg's and psycopg_pool's name)."""
+        await self.aclose()
 
     async def __aenter__(self) -> Supervisor:
         await self.start()

@@ -28,13 +28,15 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
+from ._copy_api import TransactionCopy
 from ._redact import describe
 from ._replay import begins_with_commit, is_commit, verdict
-from .backends.base import Connection, ErrorKind
+from .backends.base import Connection, Cursor, ErrorKind
 from .errors import OutcomeUnknown, TransactionClosed, TransactionLost, TransactionRolledBack
 
 if TYPE_CHECKING:
     from ._engine import Engine
+    from ._streams import Stream
 
 __all__ = ["Transaction", "TxState"]
 
@@ -48,7 +50,7 @@ class TxState(enum.Enum):
     CLOSED = "closed"  # the block ended
 
 
-class Transaction:
+class Transaction(TransactionCopy):
     """The handle of an open transaction: ``tx.fetch``, ``fetchrow``, ``fetchval``,
     ``execute``, ``executemany``, and ``tx.transaction()`` for a nested savepoint.
 
@@ -58,8 +60,17 @@ class Transaction:
     """
 
     __slots__ = (
-        "_begin", "_cause", "_conn", "_engine", "_failed", "_generation", "committed",
-        "committed_early", "committing", "state",
+        "_begin",
+        "_cause",
+        "_conn",
+        "_engine",
+        "_failed",
+        "_generation",
+        "committed",
+        "committed_early",
+        "committing",
+        "dropped",
+        "state",
     )  # fmt: skip
 
     def __init__(
@@ -75,6 +86,9 @@ class Transaction:
         self.committed_early = False
         self.committing = False  # COMMIT was sent (or is being sent)
         self.committed = False  # COMMIT answered: the transaction is committed
+        # Cursors of streams dropped unfinished (``_streams.py``), closed before the next
+        # statement: the connection is the caller's, so nothing may run on it in between.
+        self.dropped: list[Cursor] = []
 
     @property
     def lost(self) -> BaseException | None:
@@ -111,8 +125,20 @@ class Transaction:
     async def executemany(
         self, command: str, args: Sequence[Sequence[Any]], *, timeout: float | None = None
     ) -> Any:
-        """Run ``command`` once per argument tuple."""
+        """Run ``command`` once per argument tuple; returns None on every backend."""
         return await self._call("executemany", command, (args,), timeout=timeout)
+
+    def iterate(
+        self, query: str, *args: Any, batch: int = 1000, timeout: float | None = None
+    ) -> Stream:
+        """The rows of ``query`` read ``batch`` at a time on a cursor in this transaction
+        (see ``Database.iterate``); never replayed. ``timeout`` bounds each batch."""
+        from ._streams import Stream  # (imports this module)
+
+        # The one place tx.iterate receives (query, args): a preparation step goes here.
+        return Stream(
+            self._engine, query, args, batch=batch, timeout=timeout, idempotent=None, tx=self
+        )
 
     def transaction(self) -> AbstractAsyncContextManager[Transaction]:
         """A nested block, as a savepoint: rolled back alone if the block raises."""
@@ -141,6 +167,8 @@ class Transaction:
 
     async def _call(self, op: str, query: str, args: tuple[Any, ...], **kw: Any) -> Any:
         self._check()
+        if self.dropped:
+            await self.close_dropped(kw.get("timeout"))
         conn = self._conn
         backend = self._engine.backend
         family = backend.facts.family
@@ -174,6 +202,17 @@ class Transaction:
             # CHAIN, MySQL's START TRANSACTION). What came before may be committed.
             await self._ended(op, query, None)
         return result
+
+    async def close_dropped(self, timeout: float | None) -> None:
+        """Close the cursors of streams dropped unfinished, reading what is left of their
+        results where the server sends it anyway (MySQL)."""
+        while self.dropped:
+            cursor = self.dropped.pop()
+            try:
+                await cursor.close(timeout, drain=True)
+            except Exception as exc:
+                await self._after_error(exc, "iterate (closing)", "")
+                raise
 
     async def _refuse_if_failed(self, op: str, timeout: float | None) -> None:
         """Before the caller's own COMMIT on PostgreSQL: a transaction that has failed (an

@@ -137,6 +137,8 @@ async def _commit(engine: Engine, tx: Transaction) -> None:
             if tx.committed_early:
                 raise _unknown(engine, exc, "part of it committed before it was lost") from exc
             raise
+    if tx.dropped:
+        await tx.close_dropped(None)  # a stream dropped unfinished: its cursor first
     tx.committing = True
     try:
         result = await tx._conn.execute("COMMIT")

@@ -6,13 +6,18 @@ driver's own exception. These classes describe what the supervisor itself decide
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = [
     "ConfigurationError",
+    "CopyInterrupted",
     "DatabaseUnavailable",
+    "NotSupported",
     "OutcomeUnknown",
     "Overloaded",
     "PreparedStatementsUnsupported",
     "ResilientDBError",
+    "StreamInterrupted",
     "SupervisorClosed",
     "TransactionClosed",
     "TransactionLost",
@@ -74,6 +79,27 @@ class TransactionClosed(ResilientDBError):
     """
 
 
+class StreamInterrupted(DatabaseUnavailable):
+    """A stream (``db.iterate()``) lost its connection after rows had reached the caller.
+
+    Never replayed: rows already handed out would repeat or go missing. ``rows_delivered``
+    says how many rows the caller received; the rest of the result was not read. Before the
+    first row a stream follows the usual replay rules and raises the usual errors. The
+    driver's error is chained as ``__cause__``.
+    """
+
+    def __init__(self, message: str, *, rows_delivered: int) -> None:
+        super().__init__(message)
+        self.rows_delivered = rows_delivered
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_stream_interrupted, (str(self), self.rows_delivered))
+
+
+def _stream_interrupted(message: str, rows_delivered: int) -> StreamInterrupted:
+    return StreamInterrupted(message, rows_delivered=rows_delivered)
+
+
 class SupervisorClosed(ResilientDBError):
     """The supervisor is closed (or was never started): no call can go through it."""
 
@@ -95,8 +121,29 @@ for _cls in (
     SupervisorClosed,
     TransactionClosed,
     TransactionRolledBack,
+    StreamInterrupted,
     PreparedStatementsUnsupported,
 ):
     # Shown as resilientdb.OutcomeUnknown in tracebacks: the public name, not the module path.
     _cls.__module__ = "resilientdb"
 del _cls
+
+
+class NotSupported(ResilientDBError, NotImplementedError):
+    """The backend has no such feature (COPY, LISTEN/NOTIFY on a backend other than
+    PostgreSQL). Raised before anything is sent: no connection was touched."""
+
+
+class CopyInterrupted(ResilientDBError):
+    """A COPY out (``copy_from_query`` / ``copy_from_table``) lost its connection after
+    ``delivered`` bytes had already reached the caller's output, which cannot be rewound (a
+    callable, or a file that is not seekable). Replaying would hand the caller those bytes
+    twice, so nothing was replayed: the output holds a partial result. The driver's error is
+    chained as ``__cause__``."""
+
+    def __init__(self, message: str, delivered: int) -> None:
+        super().__init__(message)
+        self.delivered = delivered
+
+
+NotSupported.__module__ = CopyInterrupted.__module__ = "resilientdb"

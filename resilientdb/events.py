@@ -29,6 +29,7 @@ __all__ = [
     "Event",
     "EventBus",
     "MemoryPressure",
+    "NotificationsMissed",
     "OperationReplayed",
     "ReconnectFailed",
     "Reconnected",
@@ -196,6 +197,32 @@ class ErrorOccurred(Event):
 
     def message(self) -> str:
         return f"backend {self.backend!r} {self.operation}: {self.error_type}: {self.message_text}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class NotificationsMissed(Event):
+    """LISTEN/NOTIFY: notifications on ``channels`` may have been missed.
+
+    ``reason`` is ``"reconnected"`` (the listening connection was lost; LISTEN has been issued
+    again on a new one, and whatever was notified in between is gone: resynchronise) or
+    ``"overflow"`` (a subscriber fell behind and ``dropped`` notifications were discarded).
+    The same object is also yielded, in order, by the ``db.listen()`` streams concerned.
+    """
+
+    channels: tuple[str, ...]
+    reason: str
+    dropped: int | None = None
+    cause: str = ""
+
+    level = logging.WARNING
+
+    def message(self) -> str:
+        what = f"{self.dropped} dropped" if self.dropped is not None else "may have been missed"
+        why = f": {self.cause}" if self.cause else ""
+        return (
+            f"backend {self.backend!r} notifications on {', '.join(self.channels)} {what} "
+            f"({self.reason}){why}"
+        )
 
 
 E = TypeVar("E", bound=Event)

@@ -124,3 +124,12 @@ def test_memory_quick(out: Path) -> None:
         assert soak["reconnects"] == soak["cycles"]
         assert soak["tasks_after"] == soak["tasks_before"]
     _rendered(out, "## 4. Memory and soak")
+
+
+def test_streaming_quick(out: Path) -> None:
+    data = _run(out, "streaming")
+    assert set(data["backends"]) == {"postgresql", "mysql", "sqlite"}
+    for b in data["backends"].values():
+        # Every row read both ways (the child asserts the count and the sum).
+        assert b["fetch_growth_mb"] >= 0 and b["iterate_growth_mb"] >= 0
+    _rendered(out, "## 6. Streaming")

@@ -59,7 +59,9 @@ async def test_rows_and_statuses(mariadb: MariaDBServer) -> None:
     )
     async with supervised(mariadb.dsn()) as sup:
         db = sup.db
-        assert await db.executemany("INSERT INTO shape VALUES (%s, %s)", [(1, "a"), (2, "b")]) == 2
+        assert (
+            await db.executemany("INSERT INTO shape VALUES (%s, %s)", [(1, "a"), (2, "b")]) is None
+        )
         assert await db.execute("UPDATE shape SET name = %s WHERE id > %s", "z", 1) == 1
         rows = await db.fetch("SELECT id, name FROM shape ORDER BY id")
         assert [dict(r) for r in rows] == [{"id": 1, "name": "a"}, {"id": 2, "name": "z"}]

@@ -22,11 +22,13 @@ __all__ = [
     "BackendFacts",
     "ConnectPaused",
     "Connection",
+    "Cursor",
     "ErrorKind",
     "LooksUpFunctions",
     "Maintains",
     "PoolClosed",
     "PoolStats",
+    "Streams",
     "TrimsIdle",
     "is_client_error",
     "with_closed_flag",
@@ -71,6 +73,9 @@ class BackendFacts:
     """A statement that does nothing but bring the driver's transaction status up to date,
     for drivers whose error replies carry none (MySQL): sent only after a failed statement
     that may have committed the transaction implicitly."""
+    stream_in_transaction: bool = False
+    """A cursor exists only inside a transaction (PostgreSQL): ``db.iterate()`` outside the
+    caller's transaction opens a read-only one (``readonly_guard``) for the stream."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,6 +234,39 @@ class LooksUpFunctions(Protocol):
     ) -> tuple[frozenset[str], frozenset[str]]:
         """Of ``names``, those whose every overload is STABLE or IMMUTABLE; and the names of
         the operators implemented by a VOLATILE function."""
+        ...
+
+
+class Cursor(Protocol):
+    """One open result read in batches (``Streams.open_cursor``); used by one task at a time."""
+
+    async def fetch(self, n: int, timeout: float | None) -> list[Any]:
+        """The next ``n`` rows at most; fewer than ``n`` only at the end of the result.
+        ``timeout`` as for a ``Connection`` call."""
+        ...
+
+    async def close(self, timeout: float | None, *, drain: bool) -> None:
+        """End the result, and the transaction ``open_cursor`` began, leaving the connection
+        as it was before. ``drain=False`` allows closing the connection instead (its caller
+        then discards it) when the rest of the result cannot be skipped cheaply."""
+        ...
+
+
+class Streams(Protocol):
+    """Adapter capability: streaming results (``db.iterate()``)."""
+
+    async def open_cursor(
+        self,
+        conn: Connection,
+        query: str,
+        args: tuple[Any, ...],
+        *,
+        begin: str | None,
+        end: str | None,
+        timeout: float | None,
+    ) -> Cursor:
+        """Send ``query`` (after ``begin``, when given) on a cursor that reads its result in
+        batches; ``end`` is what closing the cursor sends to end what ``begin`` opened."""
         ...
 
 

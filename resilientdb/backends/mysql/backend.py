@@ -52,12 +52,13 @@ from pymysql import err as myerr
 from ..._redact import register_dsn_secrets
 from .._kit.errors import Classifies
 from .._kit.roles import fits, role_name, wanted, wants_writer
-from ..base import BackendFacts, Connection, PoolStats
+from ..base import BackendFacts, Connection, Cursor, PoolStats
 from .connection import MySQLConnection, quit_raw
 from .errors import ER_CANT_EXECUTE_IN_READ_ONLY_TRANSACTION, ERRORS, errno
 from .hosts import read_only
 from .pool import MySQLPool
 from .settings import driver_kwargs
+from .stream import open_cursor
 
 if TYPE_CHECKING:
     from ..._dsn import DSN
@@ -178,6 +179,21 @@ class MySQLBackend(Classifies):
             errno(exc) == ER_CANT_EXECUTE_IN_READ_ONLY_TRANSACTION
         )
 
+    async def open_cursor(
+        self,
+        conn: Connection,
+        query: str,
+        args: tuple[Any, ...],
+        *,
+        begin: str | None,
+        end: str | None,
+        timeout: float | None,
+    ) -> Cursor:
+        """A cursor on ``query`` for ``db.iterate()`` (``stream.py``)."""
+        return await open_cursor(
+            cast(MySQLConnection, conn), query, args, begin=begin, end=end, timeout=timeout
+        )
+
     def auth_failed(self, exc: BaseException) -> bool:
         """The server refused the credentials (1045; a password rotated under us, maybe)."""
         cur: BaseException | None = exc
@@ -212,7 +228,7 @@ class MySQLBackend(Classifies):
 
 
 if TYPE_CHECKING:
-    from ..base import Backend
+    from ..base import Backend, Streams
 
-    def _conforms(backend: MySQLBackend) -> Backend:
-        return backend  # mypy checks the adapter against the Backend protocol here
+    def _conforms(backend: MySQLBackend) -> tuple[Backend, Streams]:
+        return backend, backend  # mypy checks the adapter against the Backend protocol here

@@ -101,9 +101,12 @@ class MySQLConnection:
 
     async def executemany(
         self, command: str, args: Sequence[Sequence[Any]], *, timeout: float | None = None
-    ) -> int:
-        """Run ``command`` per argument tuple (PyMySQL batches ``INSERT ... VALUES``)."""
-        return (await self._call(command, (), timeout, [tuple(a) for a in args]))[2]
+    ) -> None:
+        """Run ``command`` per argument tuple (PyMySQL batches ``INSERT ... VALUES``).
+
+        Returns None, as asyncpg's and the SQLite adapter's do (PyMySQL's row count is not
+        comparable across backends: a batched INSERT counts rows, ON DUPLICATE KEY twice)."""
+        await self._call(command, (), timeout, [tuple(a) for a in args])
 
     async def _call(
         self,
@@ -128,6 +131,11 @@ class MySQLConnection:
         # asyncio.timeout(None) sets no timer: the bound costs nothing when there is none.
         async with asyncio.timeout(timeout):
             try:
+                pending = raw._result
+                if pending is not None and pending.unbuffered_active:
+                    # A stream dropped unfinished inside a transaction (stream.py): read the
+                    # rest of its result first, as aiomysql would (with a warning).
+                    await pending._finish_unbuffered_query()
                 if many is None:
                     count = await cur.execute(query)
                 else:

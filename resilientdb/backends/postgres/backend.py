@@ -28,8 +28,7 @@ import asyncpg
 from asyncpg import exceptions as pgexc
 
 from ..._credentials import current_password
-from ..._redact import describe, register_dsn_secrets
-from ...errors import PreparedStatementsUnsupported
+from ..._redact import register_dsn_secrets
 from .._kit.errors import Classifies
 from .._kit.pool import CLOSE_TIMEOUT, ConnectGate, expiry, keepalive, ping_bound
 from .._kit.roles import WRITER, fits, role_name, wanted
@@ -39,12 +38,14 @@ from ..base import (
     Backend,
     BackendFacts,
     Connection,
+    Cursor,
     Maintains,
     PoolClosed,
     PoolStats,
+    Streams,
     TrimsIdle,
 )
-from .errors import ERRORS, auth_refused
+from .errors import ERRORS, auth_refused, explain
 from .pool import (
     SESSION_SETTINGS,
     Lease,
@@ -54,6 +55,7 @@ from .pool import (
     restore_script,
     warm_up,
 )
+from .stream import open_cursor
 
 if TYPE_CHECKING:
     from ..._dsn import DSN
@@ -62,7 +64,10 @@ if TYPE_CHECKING:
 __all__ = ["PostgresBackend"]
 
 FACTS = BackendFacts(
-    "postgresql", atomic_batch=True, readonly_guard=("BEGIN READ ONLY", "ROLLBACK")
+    "postgresql",
+    atomic_batch=True,
+    readonly_guard=("BEGIN READ ONLY", "ROLLBACK"),
+    stream_in_transaction=True,
 )
 _FUNCTIONS = (
     "SELECT p.proname::text, bool_or(p.provolatile = 'v') FROM pg_catalog.pg_proc p "
@@ -169,6 +174,27 @@ class PostgresBackend(Classifies):
                 raise
         self._pool = ready
 
+    async def connect_dedicated(self) -> Any:
+        """A connection outside the pool (``db.listen()``'s): the same DSN, ``connect_kwargs``,
+        TCP keepalive and ``on_connect`` hook, bounded by ``connect_timeout``. Raises
+        ``ConnectPaused`` while the supervisor is checking or reconnecting (only its probe
+        knocks on the server then). The caller owns and closes it."""
+        self._may_connect.check()
+        opts = self.options
+        conn = await asyncpg.connect(
+            self.dsn.raw, timeout=opts.connect_timeout, **self._connect_kwargs()
+        )
+        try:
+            if opts.tcp_keepalive:
+                tune_transport(getattr(conn, "_transport", None), opts.tcp_user_timeout)
+            if opts.on_connect is not None:
+                async with asyncio.timeout(opts.connect_timeout):
+                    await opts.on_connect(conn)
+        except BaseException:
+            conn.terminate()
+            raise
+        return conn
+
     def _connect_kwargs(self) -> dict[str, Any]:
         kwargs = dict(self.options.connect_kwargs)
         if self.options.password is not None:
@@ -181,21 +207,8 @@ class PostgresBackend(Classifies):
         return await current_password(self.options.password)
 
     def explain(self, exc: BaseException) -> BaseException:
-        """``exc``, or the error that names its fix: asyncpg's own prepared statement gone
-        missing (26000) or found twice (42P05) is a pooler in transaction mode."""
-        if not isinstance(
-            exc, pgexc.InvalidSQLStatementNameError | pgexc.DuplicatePreparedStatementError
-        ) or "__asyncpg_" not in str(exc):
-            return exc
-        err = PreparedStatementsUnsupported(
-            f"{describe(exc)}: a connection pooler between this application and PostgreSQL "
-            "(PgBouncer with pool_mode = transaction or statement) does not keep the "
-            "driver's prepared statements; nothing of the statement ran. Connect with "
-            "connect_kwargs={'statement_cache_size': 0} (PgBouncer 1.21+ can also keep them: "
-            "max_prepared_statements)"
-        )
-        err.__cause__ = exc
-        return err
+        """``exc``, or the error naming its fix (``errors.explain``: a pooler's doing)."""
+        return explain(exc)
 
     def auth_failed(self, exc: BaseException) -> bool:
         """The server refused the credentials (a password rotated under us, maybe)."""
@@ -371,8 +384,21 @@ class PostgresBackend(Classifies):
         size, idle = (0, 0) if pool is None else (pool.get_size(), pool.get_idle_size())
         return PoolStats(size, idle, size - idle, opts.min_size, opts.max_size)
 
+    async def open_cursor(
+        self,
+        conn: Connection,
+        query: str,
+        args: tuple[Any, ...],
+        *,
+        begin: str | None,
+        end: str | None,
+        timeout: float | None,
+    ) -> Cursor:
+        """A cursor on ``query`` for ``db.iterate()`` (``stream.py``)."""
+        return await open_cursor(conn, query, args, begin=begin, end=end, timeout=timeout)
+
 
 if TYPE_CHECKING:  # mypy checks the adapter against the protocols it implements
 
-    def _conforms(backend: PostgresBackend) -> tuple[Backend, Maintains, TrimsIdle]:
-        return backend, backend, backend
+    def _conforms(backend: PostgresBackend) -> tuple[Backend, Maintains, Streams, TrimsIdle]:
+        return backend, backend, backend, backend

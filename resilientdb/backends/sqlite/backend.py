@@ -56,12 +56,13 @@ from typing import TYPE_CHECKING, Any, cast
 import aiosqlite
 
 from .._kit.errors import Classifies
-from ..base import BackendFacts, Connection, PoolStats
+from ..base import BackendFacts, Connection, Cursor, PoolStats
 from .connection import BEGIN_READ_ONLY
 from .errors import ERRORS
 from .lease import SQLiteLease
 from .pool import SQLitePool
 from .settings import SQLiteSettings, settings
+from .stream import open_cursor
 
 if TYPE_CHECKING:
     from ..._dsn import DSN
@@ -163,9 +164,24 @@ class SQLiteBackend(Classifies):
     def write_refused(self, exc: BaseException) -> bool:
         return False  # no read-only guard (FACTS)
 
+    async def open_cursor(
+        self,
+        conn: Connection,
+        query: str,
+        args: tuple[Any, ...],
+        *,
+        begin: str | None,
+        end: str | None,
+        timeout: float | None,
+    ) -> Cursor:
+        """A cursor on ``query`` for ``db.iterate()`` (``stream.py``)."""
+        return await open_cursor(
+            cast(SQLiteLease, conn), query, args, begin=begin, end=end, timeout=timeout
+        )
+
 
 if TYPE_CHECKING:
-    from ..base import Backend, TrimsIdle
+    from ..base import Backend, Streams, TrimsIdle
 
-    def _conforms(backend: SQLiteBackend) -> tuple[Backend, TrimsIdle]:
-        return backend, backend  # mypy checks the adapter against the protocols here
+    def _conforms(backend: SQLiteBackend) -> tuple[Backend, Streams, TrimsIdle]:
+        return backend, backend, backend  # mypy checks the adapter against the protocols here

@@ -26,11 +26,14 @@ from .errors import WAIT_CODES, DatabaseFileMoved, error_code
 
 __all__ = [
     "BUSY_SLICE",
+    "CLOSE_CURSOR",
+    "CURSOR",
     "EXECUTE",
     "FETCH",
     "FETCHROW",
     "FETCHVAL",
     "MANY",
+    "MORE",
     "SETTLE_TIMEOUT",
     "Call",
     "SQLiteConnection",
@@ -45,6 +48,8 @@ SETTLE_TIMEOUT = 2.0  # waiting for an interrupted statement to end before givin
 BUSY_SLICE = 0.1  # SQLite's busy wait cannot be interrupted: wait in slices this long
 FILE_CHECK_INTERVAL = 0.05  # os.stat costs twice a trivial SELECT: at most this often
 FETCH, FETCHROW, FETCHVAL, EXECUTE, MANY = range(5)  # what a call returns
+# A stream's calls (stream.py): open a cursor and leave it open, read a batch, close it.
+CURSOR, MORE, CLOSE_CURSOR = range(5, 8)
 # What the backend's begin_statements() sends for transaction(readonly=True): a plain
 # deferred BEGIN in SQLite's grammar, recognised by the worker, which turns query_only on.
 BEGIN_READ_ONLY = "BEGIN DEFERRED TRANSACTION"
@@ -131,6 +136,8 @@ class SQLiteConnection:
                 self._check_at = now + FILE_CHECK_INTERVAL
             if op == MANY:
                 return self._batch(call, sql, params)
+            if op >= CURSOR:
+                return self._stream(call, op, sql, params)
             if sql == BEGIN_READ_ONLY:
                 # transaction(readonly=True): SQLite has no read-only transaction, but
                 # query_only refuses every write until note_state() lifts it at the end.
@@ -168,6 +175,16 @@ class SQLiteConnection:
                 self.query_only = False
         except sqlite3.Error:  # ProgrammingError: closed underneath
             self.dead = True
+
+    def _stream(self, call: Call, op: int, sql: str, params: Any) -> Any:
+        """Worker thread: a stream's call; the cursor stays open between calls."""
+        if op == CURSOR:
+            return self._execute(call, sql, params)
+        cur = params[0]
+        if op == MORE:
+            return cur.fetchmany(params[1])
+        cur.close()
+        return None
 
     def _batch(self, call: Call, sql: str, rows: Any) -> None:
         db = self.db
