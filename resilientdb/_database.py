@@ -269,3 +269,9 @@ class Database(CopyMethods, ListenMethods):
         """This backend's :class:`HealthReport` (see ``Supervisor.health``); never raises for
         a database problem, never takes longer than ``timeout`` (default ``health_timeout``)."""
         return await check_health([self._engine], timeout)
+
+    async def expire_connections(self) -> None:
+        """Retire every pooled connection now: idle ones close at once, those in use when
+        given back; new ones connect afresh (with the current ``password=``, to the node the
+        DSN asks for). For a credential rotation that must take effect at once."""
+        await self._engine.backend.refresh()

@@ -37,6 +37,9 @@ class DSN:
     database: str | None
     path: str | None  # SQLite: the file path, or ":memory:"
     options: Mapping[str, str]
+    hosts: tuple[tuple[str, int | None], ...] = ()
+    """Every host of the URL, in order (``h1:5432,h2:5433`` or ``?host=h1,h2``); ``host`` and
+    ``port`` are the first one's. Empty for SQLite and for a unix socket alone."""
 
     def __str__(self) -> str:
         return redact(self.raw)
@@ -90,6 +93,51 @@ def _port(parts: SplitResult, shown: str) -> int | None:
     return port
 
 
+def _split_hosts(parts: SplitResult, shown: str) -> list[tuple[str, int | None]] | None:
+    """The host list of ``h1:p1,h2:p2`` (None when the URL names one host or none)."""
+    hostspec = parts.netloc.rpartition("@")[2]
+    if "," not in hostspec:
+        return None
+    hosts: list[tuple[str, int | None]] = []
+    for item in hostspec.split(","):
+        if item.startswith("["):  # [v6] or [v6]:port
+            host, _, rest = item[1:].partition("]")
+            if rest and not rest.startswith(":"):
+                raise _bad(shown, f"host {item!r}: write an IPv6 host as [::1]:5432")
+            port_text = rest[1:]
+        else:
+            host, _, port_text = item.partition(":")
+        if not host:
+            raise _bad(shown, "an empty host in the host list (h1:5432,h2:5433)")
+        port: int | None = None
+        if port_text:
+            if not (port_text.isascii() and port_text.isdigit() and 1 <= int(port_text) <= 65535):
+                raise ConfigurationError(
+                    f"malformed DSN {shown!r}: the port of {host!r} must be in 1..65535"
+                )
+            port = int(port_text)
+        hosts.append((unquote(host).lower(), port))
+    return hosts
+
+
+def _query_hosts(options: Mapping[str, str], shown: str) -> list[tuple[str, int | None]]:
+    """The host list of ``?host=h1,h2&port=p1,p2`` (one port for all, or one per host)."""
+    names = [h.strip() for h in options["host"].split(",")]
+    if not all(names):
+        raise _bad(shown, "an empty name in ?host= (write host=h1,h2)")
+    ports_text = options.get("port", "")
+    ports = [int(p) for p in ports_text.split(",") if p.isascii() and p.isdigit()]
+    if ports_text and len(ports) != len(ports_text.split(",")):
+        raise ConfigurationError(f"malformed DSN {shown!r}: the port must be in 1..65535")
+    if len(ports) > 1 and len(ports) != len(names):
+        raise _bad(
+            shown, f"{len(names)} hosts but {len(ports)} ports: give one port, or one per host"
+        )
+    if not ports:
+        return [(n, None) for n in names]
+    return [(n, ports[i] if len(ports) > 1 else ports[0]) for i, n in enumerate(names)]
+
+
 def _options(query: str, allowed: frozenset[str], backend: str, shown: str) -> dict[str, str]:
     try:
         # strict: asyncpg parses the query strictly at connect; a field without '=' would
@@ -136,7 +184,12 @@ def parse_dsn(dsn: str) -> DSN:
         ) from None
     if not driver.path:
         _check_authority(parts, shown)
-    port = _port(parts, shown)
+    hosts = None if driver.path else _split_hosts(parts, shown)
+    if hosts is not None:
+        # urlsplit reads "h1:5432,h2" as one host with port "5432,h2": parse the list here.
+        userinfo, at, _ = parts.netloc.rpartition("@")
+        parts = parts._replace(netloc=f"{userinfo}{at}x")
+    port = None if hosts is not None else _port(parts, shown)
     options = _options(parts.query, driver.options, driver.name, shown)
     if driver.path:
         # sqlite:///relative.db, sqlite:////abs/path.db, sqlite:///:memory:
@@ -152,22 +205,28 @@ def parse_dsn(dsn: str) -> DSN:
         if driver.check_dsn is not None:
             driver.check_dsn(parsed, shown)
         return parsed
-    if not parts.hostname and "host" not in options and "unix_socket" not in options:
+    if hosts is None and parts.hostname:
+        hosts = [(parts.hostname, port)]
+    elif hosts is None and "host" in options and not options["host"].startswith("/"):
+        hosts = _query_hosts(options, shown)
+    if not hosts and "host" not in options and "unix_socket" not in options:
         raise ConfigurationError(f"DSN {shown!r} has no host")
     database = unquote(parts.path[1:]) if parts.path.startswith("/") else None
     if database is not None and "/" in database:
         raise _bad(shown, "the database name may not contain '/'")
+    in_url = bool(parts.hostname)
     parsed = DSN(
         dsn,
         scheme,
         driver.name,
-        parts.hostname,
-        port,
+        hosts[0][0] if hosts and in_url else None,
+        hosts[0][1] if hosts and in_url else None,
         unquote(parts.username) if parts.username else None,
         unquote(parts.password) if parts.password is not None else None,
         database or None,
         None,
         options,
+        tuple(hosts or ()),
     )
     if driver.check_dsn is not None:
         driver.check_dsn(parsed, shown)
@@ -175,7 +234,8 @@ def parse_dsn(dsn: str) -> DSN:
 
 
 def with_host(dsn: DSN, host: str, port: int) -> str:
-    """The DSN's URL pointed at another host and port (tests put a proxy in between)."""
+    """The DSN's URL pointed at another host and port (tests put a proxy in between); a host
+    list in the URL is replaced by that one host."""
     parts = urlsplit(dsn.raw)
     userinfo = parts.netloc.rpartition("@")[0]
     netloc = f"{userinfo}@{host}:{port}" if userinfo else f"{host}:{port}"

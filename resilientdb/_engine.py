@@ -95,8 +95,22 @@ class Engine(Leases):
             except Exception as exc:
                 # Classified before release, while the closed flag of `conn` is readable.
                 kind = self.classify_sent(exc, conn)
+                try:
+                    moved = kind is ErrorKind.QUERY and not guard and await self.moved(exc, conn)
+                except BaseException as cut:  # cancelled while asking the node its role
+                    self.monitor.release_later(cm.__aexit__(type(cut), cut, cut.__traceback__))
+                    raise
                 await self.release_after_failure(cm, exc, deadline)
                 tried = tried or self._attempts(deadline)
+                if moved:
+                    # The node refused the write for its role, so nothing was applied; the
+                    # pool has been retired and the check finds the node the DSN asks for.
+                    self.monitor.report_lost(generation, exc, op)
+                    if not self._atomic(query, batch):
+                        why = "an earlier part of it may have committed"
+                        raise self.unknown(op, exc, why) from exc
+                    await self.pause(op, tried, exc)
+                    continue
                 guard = await self._decide(
                     exc, kind, generation, op, query, idempotent, batch, guard, tried, deadline
                 )
@@ -114,6 +128,18 @@ class Engine(Leases):
                 return result  # it opened a transaction and only read in it: nothing lost
             await self.release(cm, generation, op, deadline)
             return result
+
+    async def moved(self, exc: Exception, conn: Connection, in_transaction: bool = False) -> bool:
+        """A write refused because the node is no longer the one the DSN asks for (a primary
+        fenced read-only or demoted to standby; ``target_session_attrs``), confirmed by asking
+        the node: then ``conn`` is discarded and the pool retired."""
+        check = getattr(self.backend, "wrong_node", None)
+        if check is None or not await check(exc, conn, in_transaction):
+            return False
+        self.backend.discard(conn)
+        with contextlib.suppress(Exception):
+            await self.backend.refresh()  # the other connections lead to the same node
+        return True
 
     async def _left_open(
         self,
@@ -177,7 +203,9 @@ class Engine(Leases):
             if not self._atomic(query, batch):
                 # A later statement (or row) failed: the earlier ones stay committed.
                 raise self.unknown(op, exc, "an earlier part of it may have committed")
-            raise self.final(exc, tried)  # the statement's own error, after one attempt
+            # The statement's own error, after one attempt (explained where the adapter can).
+            explain = getattr(self.backend, "explain", None)
+            raise self.final(exc if explain is None else explain(exc), tried)
         monitor = self.monitor
         if isinstance(exc, TimeoutError):
             monitor.report_suspect(generation, exc, op)

@@ -66,6 +66,7 @@ class Monitor(Figures):
         self._checked: asyncio.Future[None] | None = None  # set while a check is pending
         self._spawn: Spawn = spawn_unowned
         self._stopping = False  # set by aclose: the loop ends even if a cancel was swallowed
+        self._refused_since: float | None = None  # credentials refused since (auth_grace)
         backend.set_connect_gate(self._pool_may_connect)
 
     def _pool_may_connect(self) -> bool:
@@ -268,7 +269,7 @@ class Monitor(Figures):
             self.attempts += 1
             self.gate.last_error = exc
             self._error("connect", exc)
-            if backend.classify_connect(exc) is ErrorKind.PERMANENT:
+            if backend.classify_connect(exc) is ErrorKind.PERMANENT and not self._in_grace(exc):
                 await self._signal(Signal.CONNECT_PERMANENT, exc)
             elif self.state is State.RECONNECTING and self._gave_up():
                 await self._signal(Signal.GIVE_UP, exc)
@@ -286,10 +287,22 @@ class Monitor(Figures):
                         )
                     )
         else:
+            self._refused_since = None
             await self._signal(Signal.CONNECT_OK)
         finally:
             if self._first_attempt is not None:
                 self._first_attempt.set()
+
+    def _in_grace(self, exc: BaseException) -> bool:
+        """Credentials refused after the backend was once connected (a rotated password, its
+        secret store lagging): retried like an outage for ``auth_grace`` seconds."""
+        refused = getattr(self.backend, "auth_failed", None)
+        if not self._ever_connected or refused is None or not refused(exc):
+            return False
+        now = time.monotonic()
+        if self._refused_since is None:
+            self._refused_since = now
+        return now - self._refused_since < self.options.auth_grace
 
     async def _sleep_connected(self) -> bool:
         """Wait for a report; False when the maintenance interval passed first."""

@@ -265,6 +265,11 @@ class Supervisor:
         """
         return await check_health((db._engine for db in self._databases.values()), timeout)
 
+    async def expire_connections(self) -> None:
+        """``expire_connections()`` on every backend (see ``Database.expire_connections``)."""
+        for db in self._databases.values():
+            await db.expire_connections()
+
 
 def _backend_specs(
     dsn: str | BackendConfig | Mapping[str, str | BackendConfig],

@@ -252,6 +252,12 @@ class Transaction(TransactionCopy):
         backend = engine.backend
         kind = ErrorKind.CONNECTION if isinstance(exc, TimeoutError) else None
         kind = kind or backend.classify(exc, self._conn)
+        moved = kind is ErrorKind.QUERY and not self.committed_early
+        if moved and await engine.moved(exc, self._conn, in_transaction=True):
+            # A write refused for the node's role: the transaction ends with its connection
+            # and the pool moves to the right node, as for a lost connection
+            # (run_in_transaction runs the block again).
+            raise self.lose(exc, f"transaction {op}", committing=False)
         if kind is ErrorKind.CONNECTION:
             ends = not backend.unsent(exc) and verdict(query, backend.facts.family).ends_transaction
             raise self.lose(exc, f"transaction {op}", committing=ends)

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ._backoff import Backoff
+from ._credentials import PasswordSource, check_password
 from ._dsn import DSN, parse_dsn, with_host
 from ._redact import redact
 from .backends import registry
@@ -102,6 +103,14 @@ class Options:
     ``"gc"`` (``gc.collect()``) and ``"trim"`` (close idle connections down to ``min_size``)."""
     memory_reader: Callable[[], tuple[int, int]] | None = None
     """``() -> (resident_bytes, limit_bytes)``; ``None`` reads the process through psutil."""
+    password: PasswordSource | None = field(default=None, repr=False)
+    """The password: a string, or a function (``def`` or ``async def``, no arguments)
+    returning the current one, called on every connect and probe (credential rotation).
+    Never logged. Given here, it may not also be in the DSN or ``connect_kwargs``."""
+    auth_grace: float = 5.0
+    """Seconds an authentication failure is retried like an outage (callers wait at the
+    gate) once the backend has been connected, before ``failed``: a rotated password whose
+    secret store lags causes no errors. At first start a wrong password fails at once."""
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -249,6 +258,10 @@ def _reader(name: str, value: Any) -> Any:
     return value
 
 
+def _grace(name: str, value: Any) -> Any:
+    return 0.0 if value == 0 and not isinstance(value, bool) else _seconds(name, value)
+
+
 _CHECKS: dict[str, Callable[[str, Any], Any]] = {
     "min_size": _int(0),
     "max_size": _int(1),
@@ -276,6 +289,8 @@ _CHECKS: dict[str, Callable[[str, Any], Any]] = {
     "memory_interval": _seconds,
     "memory_actions": _memory_actions,
     "memory_reader": _reader,
+    "password": check_password,
+    "auth_grace": _grace,
 }
 # A field added to Options without a check would be stored unchecked: fail at import instead.
 assert _CHECKS.keys() == {f.name for f in dataclasses.fields(Options)}
@@ -298,7 +313,8 @@ class BackendConfig:
         self.overrides: dict[str, Any] = overrides
 
     def __repr__(self) -> str:
-        opts = "".join(f", {k}={v!r}" for k, v in self.overrides.items())
+        shown = {k: "***" if k == "password" else repr(v) for k, v in self.overrides.items()}
+        opts = "".join(f", {k}={v}" for k, v in shown.items())
         return f"BackendConfig({str(self.dsn)!r}{opts})"
 
 

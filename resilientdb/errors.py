@@ -15,6 +15,7 @@ __all__ = [
     "NotSupported",
     "OutcomeUnknown",
     "Overloaded",
+    "PreparedStatementsUnsupported",
     "ResilientDBError",
     "StreamInterrupted",
     "SupervisorClosed",
@@ -103,6 +104,13 @@ class SupervisorClosed(ResilientDBError):
     """The supervisor is closed (or was never started): no call can go through it."""
 
 
+class PreparedStatementsUnsupported(ResilientDBError):
+    """The driver's prepared statements went missing on the server side: a connection pooler
+    (PgBouncer with ``pool_mode = transaction`` or ``statement``) hands each transaction
+    another server connection. Nothing of the statement ran. The message names the fix
+    (``statement_cache_size=0``); the driver's error is the ``__cause__``."""
+
+
 for _cls in (
     ResilientDBError,
     ConfigurationError,
@@ -114,6 +122,7 @@ for _cls in (
     TransactionClosed,
     TransactionRolledBack,
     StreamInterrupted,
+    PreparedStatementsUnsupported,
 ):
     # Shown as resilientdb.OutcomeUnknown in tracebacks: the public name, not the module path.
     _cls.__module__ = "resilientdb"

@@ -88,6 +88,10 @@ class BackendHealth:
     """The cause of the current outage or of the failed ping, redacted; ``None`` when fine."""
     output: str | None = None
     """Why the status is not ``pass``, in one line."""
+    role: str | None = None
+    """The node's role where the driver can tell (``primary``, ``standby``, ``read-only``:
+    a primary refusing writes); a node that does not fit the DSN's ``target_session_attrs``
+    fails the check."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -173,6 +177,8 @@ class HealthReport:
             }
             if b.last_error is not None:
                 connections["lastError"] = b.last_error
+            if b.role is not None:
+                connections["role"] = b.role
             if connections["status"] != "pass":
                 connections["output"] = f"backend is {b.state.value}" + (
                     f": {b.last_error}" if b.last_error else ""
@@ -257,7 +263,7 @@ async def check_backend(engine: Leases, timeout: float | None = None) -> Backend
             last_error=last_error,
             output=f"not connected: {why}" + (f": {last_error}" if last_error else ""),
         )
-    status, latency, error, output = await _ping(engine, bound)
+    status, latency, error, output, facts["role"] = await _ping(engine, bound)
     # A failed ping may have just started a reconnect: show the state as it is now.
     facts["state"] = monitor.state
     facts["time_in_state"] = max(time.monotonic() - monitor.state_since, 0.0)
@@ -272,8 +278,9 @@ async def check_backend(engine: Leases, timeout: float | None = None) -> Backend
 
 async def _ping(
     engine: Leases, bound: float
-) -> tuple[HealthStatus, float | None, str | None, str | None]:
-    """``(status, latency, error, output)`` of one ``SELECT 1`` bounded by ``bound`` seconds.
+) -> tuple[HealthStatus, float | None, str | None, str | None, str | None]:
+    """``(status, latency, error, output, role)`` of one ``SELECT 1`` bounded by ``bound``
+    seconds, and of the node's role where the adapter can tell (``node_role``).
 
     Straight from the pool, not through the gate (the probe reports the state as it is, it
     does not wait for it to change), with the engine's own rules for a failed statement and
@@ -293,6 +300,20 @@ async def _ping(
                 started = time.perf_counter()
                 await conn.fetchval(PING, timeout=max(deadline - loop.time(), 0.001))
                 latency = time.perf_counter() - started
+                stage = "role check"
+                role, fits = await _role(monitor.backend, conn, deadline - loop.time())
+                if not fits:
+                    # The node no longer takes what the DSN asks for (a fenced or demoted
+                    # primary): retire the pool and let the supervisor find the right node.
+                    monitor.backend.discard(conn)
+                    await monitor.backend.refresh()
+                    wanted = monitor.backend.dsn.options.get("target_session_attrs")
+                    monitor.report_lost(
+                        generation, ConnectionError(f"wrong node: {role}"), "health"
+                    )
+                    monitor.release_later(cm.__aexit__(None, None, None))
+                    why = f"the node is {role}; the DSN asks for target_session_attrs={wanted}"
+                    return HealthStatus.FAIL, latency, None, why, role
             except BaseException as exc:
                 if isinstance(exc, Exception):
                     _safely(engine.classify_sent, exc, conn)  # a lost one is discarded
@@ -304,7 +325,7 @@ async def _ping(
         # Waited for (bounded by what is left of the check) so that the pool's figures are
         # exact for whoever looks next.
         await engine.release(cm, generation, "health", deadline)
-        return HealthStatus.PASS, latency, None, None
+        return HealthStatus.PASS, latency, None, None, role
     except TimeoutError as exc:
         if stage == "ping":
             # The server did not answer a trivial query: slow, or a half-open socket. Let the
@@ -317,7 +338,7 @@ async def _ping(
                 f"no connection from the pool within {bound:g}s ({pool.in_use} of "
                 f"{pool.max_size} in use: pool exhausted, or the server is slow to accept)"
             )
-        return HealthStatus.WARN, None, None, output
+        return HealthStatus.WARN, None, None, output, None
     except Exception as exc:
         text = describe(exc)
         if stage == "acquire" and _connect_lost(monitor, exc):
@@ -328,7 +349,27 @@ async def _ping(
             monitor.report_lost(generation, exc, "health")
         # The supervisor checks the server now: report its verdict (bounded by the check).
         await monitor.settled(deadline)
-        return HealthStatus.FAIL, None, text, f"{stage} failed: {text}"
+        return HealthStatus.FAIL, None, text, f"{stage} failed: {text}", None
+
+
+async def _role(backend: Any, conn: Any, bound: float) -> tuple[str | None, bool]:
+    """The node's role and whether it fits the DSN (``None, True`` where none is known)."""
+    ask = getattr(backend, "node_role", None)
+    if ask is None:
+        return None, True
+    role, fits = await ask(conn, max(bound, 0.001))
+    return str(role), bool(fits)
+
+
+async def _wrong_node(monitor: Monitor, conn: Any, role: str | None, generation: int) -> str:
+    """The node no longer takes what the DSN asks for (a fenced or demoted primary): retire
+    the pool and let the supervisor find the right node; returns why the check fails."""
+    backend = monitor.backend
+    backend.discard(conn)
+    await backend.refresh()
+    monitor.report_lost(generation, ConnectionError(f"wrong node: {role}"), "health")
+    wanted = backend.dsn.options.get("target_session_attrs")
+    return f"the node is {role}; the DSN asks for target_session_attrs={wanted}"
 
 
 def _safely(classify: Any, exc: Exception, conn: Any) -> None:

@@ -6,4 +6,5 @@ import (docs/design.md, "The parts").
   drain on close, idle expiry and trimming, the keepalive pass, ``CLOSE_TIMEOUT``.
 - ``wheel``: the shared timeout wheel for acquire waits.
 - ``sockets``: TCP keepalive and ``TCP_USER_TIMEOUT`` on a driver's socket.
+- ``roles``: ``target_session_attrs`` and whether a node (primary, standby, fenced) fits it.
 """

@@ -51,9 +51,11 @@ from pymysql import err as myerr
 
 from ..._redact import register_dsn_secrets
 from .._kit.errors import Classifies
+from .._kit.roles import fits, role_name, wanted, wants_writer
 from ..base import BackendFacts, Connection, Cursor, PoolStats
 from .connection import MySQLConnection, quit_raw
 from .errors import ER_CANT_EXECUTE_IN_READ_ONLY_TRANSACTION, ERRORS, errno
+from .hosts import read_only
 from .pool import MySQLPool
 from .settings import driver_kwargs
 from .stream import open_cursor
@@ -63,6 +65,9 @@ if TYPE_CHECKING:
     from ...config import Options
 
 __all__ = ["MySQLBackend"]
+
+# ER_OPTION_PREVENTS_STATEMENT (--read-only), ER_CANT_EXECUTE_IN_READ_ONLY_TRANSACTION.
+_READ_ONLY_REFUSALS = frozenset({1290, ER_CANT_EXECUTE_IN_READ_ONLY_TRANSACTION})
 
 FACTS = BackendFacts(
     "mysql",
@@ -87,7 +92,9 @@ class MySQLBackend(Classifies):
         self.options = options
         register_dsn_secrets(dsn, options)
         self._kwargs = driver_kwargs(dsn, options) if kwargs is None else kwargs
-        self._pool = MySQLPool(self._kwargs, options)
+        # A host list is tried in order (hosts.py), unless connect_kwargs names the host.
+        hosts = dsn.hosts if len(dsn.hosts) > 1 and "host" not in options.connect_kwargs else ()
+        self._pool = MySQLPool(self._kwargs, options, hosts, wanted(dsn))
 
     @property
     def opened(self) -> bool:
@@ -112,10 +119,16 @@ class MySQLBackend(Classifies):
             await self.probe()  # still check the server and the credentials now
         await self._pool.open()
 
+    @property
+    def role(self) -> str | None:
+        """The role of the node last seen (``primary`` or ``read-only``), for health."""
+        return self._pool.role
+
     async def probe(self) -> None:
         conn = await self._pool.connect(hook=False)
         try:
-            await conn.fetchval("SELECT 1", timeout=self.options.connect_timeout)
+            ro = await read_only(conn, self.options.connect_timeout)
+            self._pool.role = role_name(False, ro)
         finally:
             quit_raw(conn.raw)
 
@@ -180,6 +193,38 @@ class MySQLBackend(Classifies):
         return await open_cursor(
             cast(MySQLConnection, conn), query, args, begin=begin, end=end, timeout=timeout
         )
+
+    def auth_failed(self, exc: BaseException) -> bool:
+        """The server refused the credentials (1045; a password rotated under us, maybe)."""
+        cur: BaseException | None = exc
+        for _ in range(10):  # aiomysql wraps connect failures; the chain is short
+            if cur is None:
+                return False
+            if isinstance(cur, myerr.MySQLError) and errno(cur) == 1045:
+                return True
+            cur = cur.__cause__
+        return False
+
+    async def node_role(self, conn: Connection, timeout: float | None) -> tuple[str, bool]:
+        """The node's role (``primary`` or ``read-only``) and whether it fits the DSN's
+        ``target_session_attrs`` (for health)."""
+        ro = await read_only(cast(MySQLConnection, conn), timeout or self.options.connect_timeout)
+        self._pool.role = role_name(False, ro)
+        return self._pool.role, fits(wanted(self.dsn), ro, ro)
+
+    async def wrong_node(
+        self, exc: BaseException, conn: Connection, in_transaction: bool = False
+    ) -> bool:
+        """A write refused under ``read_only`` (1290, 1792) while the DSN asks for a writable
+        node (``target_session_attrs=read-write``), confirmed by asking the node."""
+        if not (wants_writer(self.dsn) and errno(exc) in _READ_ONLY_REFUSALS):
+            return False
+        try:
+            ro = await read_only(cast(MySQLConnection, conn), self.options.connect_timeout)
+        except Exception:
+            return False
+        self._pool.role = role_name(False, ro)
+        return ro
 
 
 if TYPE_CHECKING:

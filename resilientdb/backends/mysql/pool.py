@@ -14,9 +14,12 @@ from collections import deque
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+from ..._credentials import current_password
 from .._kit.pool import PoolCore, close_stale, keepalive, ping_bound, trim_oldest
+from .._kit.roles import fits, role_name
 from ..base import PoolClosed, PoolStats
-from .connection import MySQLConnection, alive, connect, quit_raw
+from .connection import MySQLConnection, alive, quit_raw
+from .hosts import connect_first, read_only
 
 if TYPE_CHECKING:
     from ...config import Options
@@ -58,9 +61,18 @@ class MySQLPool(PoolCore[None]):
     ``kwargs`` are aiomysql's connect arguments, already validated by the registry's spec.
     """
 
-    def __init__(self, kwargs: dict[str, Any], options: Options) -> None:
+    def __init__(
+        self,
+        kwargs: dict[str, Any],
+        options: Options,
+        hosts: tuple[tuple[str, int | None], ...] = (),
+        attrs: str = "any",
+    ) -> None:
         super().__init__(options, min_size=options.min_size, max_size=options.max_size)
         self._kwargs = kwargs
+        self._hosts = hosts  # a host list of the DSN, tried in order (hosts.py)
+        self._attrs = attrs
+        self.role: str | None = None  # the role of the node last seen (health reports it)
         self._opened = False
         self._idle: deque[MySQLConnection] = deque()  # oldest left, most recently used right
         self._in_use: set[MySQLConnection] = set()
@@ -73,7 +85,13 @@ class MySQLPool(PoolCore[None]):
 
     async def connect(self, *, hook: bool = True) -> MySQLConnection:
         """A new connection of the current generation (not counted in the pool)."""
-        return await connect(self._kwargs, self.options, self.generation, hook=hook)
+        kwargs, source = self._kwargs, self.options.password
+        if source is not None:
+            # Asked on every connect: a rotated password is picked up without a restart.
+            kwargs = {**kwargs, "password": await current_password(source)}
+        return await connect_first(
+            kwargs, self.options, self.generation, self._hosts, self._attrs, hook=hook
+        )
 
     async def open(self) -> None:
         """Open ``min_size`` connections, all or none, then hand connections out."""
@@ -230,7 +248,13 @@ class MySQLPool(PoolCore[None]):
             if not alive(conn.raw):
                 raise ConnectionError("the server closed the connection")
             async with asyncio.timeout(ping_bound(self.options)):
-                await conn.raw.ping(reconnect=False)  # never reconnect: that loses session state
+                if self._attrs in ("any", "prefer-standby"):
+                    await conn.raw.ping(reconnect=False)  # never reconnect: loses the session
+                    return
+                ro = await read_only(conn, ping_bound(self.options))
+            self.role = role_name(False, ro)
+            if not fits(self._attrs, ro, ro):
+                raise ConnectionError(f"the node is no longer {self._attrs}")
 
         async def give_back(conn: MySQLConnection) -> None:
             self.checkin(conn)

@@ -12,7 +12,9 @@ import inspect
 import ssl
 from typing import TYPE_CHECKING, Any
 
+from ..._credentials import check_single_password
 from ...errors import ConfigurationError
+from .._kit.roles import ATTRS
 
 if TYPE_CHECKING:
     from ..._dsn import DSN
@@ -21,7 +23,9 @@ if TYPE_CHECKING:
 __all__ = ["DEFAULT_PORT", "OPTIONS", "check_dsn", "check_options", "driver_kwargs"]
 
 DEFAULT_PORT = 3306
-OPTIONS = frozenset({"charset", "unix_socket", "ssl", "init_command", "program_name"})
+OPTIONS = frozenset(
+    {"charset", "unix_socket", "ssl", "init_command", "program_name", "target_session_attrs"}
+)
 _SSL_ON = frozenset({"true", "1", "yes", "on", "require", "required"})
 _SSL_OFF = frozenset({"false", "0", "no", "off", "disable", "disabled"})
 
@@ -40,12 +44,18 @@ def _check_charset(charset: str, where: str) -> None:
 
 def check_dsn(dsn: DSN, shown: str) -> None:
     """Refuse DSN option values aiomysql would refuse at connect; ``shown`` is redacted."""
+    attrs = dsn.options.get("target_session_attrs")
+    if attrs is not None and attrs not in ATTRS:
+        raise ConfigurationError(
+            f"DSN {shown!r}: target_session_attrs must be one of {', '.join(ATTRS)}"
+        )
     if dsn.options.get("charset"):
         _check_charset(dsn.options["charset"], f"DSN {shown!r}: ")
 
 
 def check_options(dsn: DSN, options: Options) -> None:
     """Refuse ``connect_kwargs`` aiomysql would refuse at every connect."""
+    check_single_password(dsn, options)
     charset = options.connect_kwargs.get("charset")
     if isinstance(charset, str) and charset:
         _check_charset(charset, "connect_kwargs: ")

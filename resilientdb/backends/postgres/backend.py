@@ -27,9 +27,11 @@ from typing import TYPE_CHECKING, Any, cast
 import asyncpg
 from asyncpg import exceptions as pgexc
 
+from ..._credentials import current_password
 from ..._redact import register_dsn_secrets
 from .._kit.errors import Classifies
 from .._kit.pool import CLOSE_TIMEOUT, ConnectGate, expiry, keepalive, ping_bound
+from .._kit.roles import WRITER, fits, role_name, wanted
 from .._kit.sockets import tune_transport
 from .._kit.wheel import TimeoutWheel
 from ..base import (
@@ -43,7 +45,7 @@ from ..base import (
     Streams,
     TrimsIdle,
 )
-from .errors import ERRORS
+from .errors import ERRORS, auth_refused, explain
 from .pool import (
     SESSION_SETTINGS,
     Lease,
@@ -71,6 +73,11 @@ _FUNCTIONS = (
     "SELECT p.proname::text, bool_or(p.provolatile = 'v') FROM pg_catalog.pg_proc p "
     "WHERE p.proname::text = ANY($1::text[]) GROUP BY p.proname"
 )
+# The node's role: a standby replays WAL; a fenced primary has default_transaction_read_only.
+ROLE = (
+    "SELECT pg_catalog.pg_is_in_recovery(), "
+    "pg_catalog.current_setting('default_transaction_read_only')::bool"
+)
 _VOLATILE_OPERATORS = (
     "SELECT DISTINCT o.oprname::text FROM pg_catalog.pg_operator o "
     "JOIN pg_catalog.pg_proc p ON p.oid = o.oprcode WHERE p.provolatile = 'v'"
@@ -93,6 +100,10 @@ class PostgresBackend(Classifies):
         self._may_connect = ConnectGate()
         self._wheel = TimeoutWheel()
         self._expires: dict[int, float] = {}  # server pid -> when the connection retires
+        # target_session_attrs: asyncpg honours it on every connect (pool and probe); the
+        # keepalive and a refused write check it again on connections already open.
+        self._attrs = str(options.connect_kwargs.get("target_session_attrs") or wanted(dsn))
+        self.role: str | None = None  # the role of the node last seen (health reports it)
         register_dsn_secrets(dsn, options)
 
     @property
@@ -150,7 +161,7 @@ class PostgresBackend(Classifies):
             command_timeout=opts.command_timeout,
             init=self._init_connection,
             connect=self._pool_connect,
-            **{**opts.connect_kwargs, "connection_class": self._connection_class},
+            **{**self._connect_kwargs(), "connection_class": self._connection_class},
         )
         # min_size connections open concurrently, each bounded by `timeout`; the outer bound
         # covers on_connect hooks too. A failed open terminates what it opened.
@@ -171,7 +182,7 @@ class PostgresBackend(Classifies):
         self._may_connect.check()
         opts = self.options
         conn = await asyncpg.connect(
-            self.dsn.raw, timeout=opts.connect_timeout, **dict(opts.connect_kwargs)
+            self.dsn.raw, timeout=opts.connect_timeout, **self._connect_kwargs()
         )
         try:
             if opts.tcp_keepalive:
@@ -184,13 +195,33 @@ class PostgresBackend(Classifies):
             raise
         return conn
 
+    def _connect_kwargs(self) -> dict[str, Any]:
+        kwargs = dict(self.options.connect_kwargs)
+        if self.options.password is not None:
+            # asyncpg calls it (and awaits it) on every connect: a rotation is picked up.
+            kwargs["password"] = self._password
+        return kwargs
+
+    async def _password(self) -> str:
+        assert self.options.password is not None
+        return await current_password(self.options.password)
+
+    def explain(self, exc: BaseException) -> BaseException:
+        """``exc``, or the error naming its fix (``errors.explain``: a pooler's doing)."""
+        return explain(exc)
+
+    def auth_failed(self, exc: BaseException) -> bool:
+        """The server refused the credentials (a password rotated under us, maybe)."""
+        return auth_refused(exc)
+
     async def probe(self) -> None:
         opts = self.options
         conn = await asyncpg.connect(
-            self.dsn.raw, timeout=opts.connect_timeout, **dict(opts.connect_kwargs)
+            self.dsn.raw, timeout=opts.connect_timeout, **self._connect_kwargs()
         )
         try:
-            await conn.fetchval("SELECT 1", timeout=opts.connect_timeout)
+            in_recovery, read_only = await conn.fetchrow(ROLE, timeout=opts.connect_timeout)
+            self.role = role_name(in_recovery, read_only)
         finally:
             await close_connection(conn)
 
@@ -273,7 +304,10 @@ class PostgresBackend(Classifies):
                     await warm_up(pool, opts.min_size)
 
         async def ping(conn: Any) -> None:
-            await conn.fetchval("SELECT 1", timeout=ping_bound(opts))
+            if self._attrs in ("any", "prefer-standby"):
+                await conn.fetchval("SELECT 1", timeout=ping_bound(opts))
+            elif not await self._fits(conn, ping_bound(opts)):
+                raise ConnectionError(f"the node is no longer {self._attrs}")
 
         return await keepalive(
             grabbed,
@@ -294,6 +328,43 @@ class PostgresBackend(Classifies):
 
     def write_refused(self, exc: BaseException) -> bool:
         return isinstance(exc, pgexc.PostgresError) and bool(exc.sqlstate == "25006")
+
+    async def _fits(self, conn: Any, timeout: float | None) -> bool:
+        """Ask the node its role (remembered for health); whether it fits the DSN."""
+        in_recovery, read_only = await conn.fetchrow(ROLE, timeout=timeout)
+        self.role = role_name(in_recovery, read_only)
+        return fits(self._attrs, in_recovery, read_only)
+
+    async def node_role(self, conn: Connection, timeout: float | None) -> tuple[str, bool]:
+        """The node's role (``primary``, ``standby``, ``read-only``) and whether it fits the
+        DSN's ``target_session_attrs`` (for health)."""
+        ok = await self._fits(conn, timeout)
+        return self.role or "unknown", ok
+
+    async def wrong_node(
+        self, exc: BaseException, conn: Connection, in_transaction: bool = False
+    ) -> bool:
+        """A write refused (25006) because the node no longer takes the writes the DSN asks
+        for (``target_session_attrs=read-write`` or ``primary``), confirmed by asking it; a
+        read-only transaction of the caller's own is not that (the node still fits).
+
+        Inside a transaction, which the error has aborted, no query can run: the answer is
+        what the server reports by itself (``in_hot_standby``, ``default_transaction_read_only``:
+        PostgreSQL 14 and later), and no answer means "not confirmed"."""
+        if not (self._attrs in WRITER and self.write_refused(exc)):
+            return False
+        if in_transaction:
+            settings = cast(Any, conn).get_settings()
+            standby = getattr(settings, "in_hot_standby", None)
+            read_only = getattr(settings, "default_transaction_read_only", None)
+            if standby is None or read_only is None:
+                return False
+            self.role = role_name(standby == "on", read_only == "on")
+            return not fits(self._attrs, standby == "on", read_only == "on")
+        try:
+            return not await self._fits(conn, self.options.connect_timeout)
+        except Exception:
+            return False  # an aborted transaction of the caller's, or the connection is gone
 
     async def harmless_functions(
         self, conn: Connection, names: frozenset[str]

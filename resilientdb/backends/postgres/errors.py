@@ -9,6 +9,8 @@ from collections.abc import Mapping
 
 from asyncpg import exceptions as pgexc
 
+from ..._redact import describe
+from ...errors import PreparedStatementsUnsupported
 from .._kit.errors import ErrorTable
 from ..base import ErrorKind
 
@@ -61,6 +63,36 @@ def _classify_one(exc: BaseException) -> ErrorKind:
         # of the connect itself; the adapters' own PoolClosed and ConnectPaused.
         return C
     return ErrorKind.QUERY
+
+
+def auth_refused(exc: BaseException) -> bool:
+    """The server refused the credentials (28P01 invalid_password, 28000), along the chain."""
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        if isinstance(cur, pgexc.PostgresError) and cur.sqlstate in ("28P01", "28000"):
+            return True
+        cur = cur.__cause__
+    return False
+
+
+def explain(exc: BaseException) -> BaseException:
+    """``exc``, or the error that names its fix: asyncpg's own prepared statement gone missing
+    (26000) or found twice (42P05) is a pooler in transaction mode (PgBouncer)."""
+    if not isinstance(
+        exc, pgexc.InvalidSQLStatementNameError | pgexc.DuplicatePreparedStatementError
+    ) or "__asyncpg_" not in str(exc):
+        return exc
+    err = PreparedStatementsUnsupported(
+        f"{describe(exc)}: a connection pooler between this application and PostgreSQL "
+        "(PgBouncer with pool_mode = transaction or statement) does not keep the driver's "
+        "prepared statements; nothing of the statement ran. Connect with "
+        "connect_kwargs={'statement_cache_size': 0} (PgBouncer 1.21+ can also keep them: "
+        "max_prepared_statements)"
+    )
+    err.__cause__ = exc
+    return err
 
 
 def _unsent(exc: BaseException) -> bool:

@@ -10,6 +10,7 @@ import importlib
 import inspect
 from typing import TYPE_CHECKING
 
+from ..._credentials import check_single_password
 from ...errors import ConfigurationError
 
 if TYPE_CHECKING:
@@ -80,6 +81,7 @@ def _check_twice(dsn: DSN, shown: str) -> None:
 
 def check_options(dsn: DSN, options: Options) -> None:
     """Refuse ``connect_kwargs`` asyncpg would refuse at every connect."""
+    check_single_password(dsn, options)
     kwargs = dict(options.connect_kwargs)
     reserved = sorted(_RESERVED & kwargs.keys())
     if reserved:

@@ -51,6 +51,8 @@ class SQLiteSettings:
 
 def check_options(dsn: DSN, options: Options) -> None:
     """Refuse ``connect_kwargs`` sqlite3 would refuse at every connect."""
+    if options.password is not None:
+        raise ConfigurationError("SQLite takes no password; remove password=")
     unknown = sorted(options.connect_kwargs.keys() - _KWARGS)
     if unknown:
         raise ConfigurationError(
