@@ -96,7 +96,8 @@ class Engine(Leases):
                 # Classified before release, while the closed flag of `conn` is readable.
                 kind = self.classify_sent(exc, conn)
                 try:
-                    moved = kind is ErrorKind.QUERY and not guard and await self.moved(exc, conn)
+                    refused = kind is ErrorKind.QUERY and not guard
+                    moved = refused and await self._moved_by(exc, conn, deadline)
                 except BaseException as cut:  # cancelled while asking the node its role
                     self.monitor.release_later(cm.__aexit__(type(cut), cut, cut.__traceback__))
                     raise
@@ -128,6 +129,17 @@ class Engine(Leases):
                 return result  # it opened a transaction and only read in it: nothing lost
             await self.release(cm, generation, op, deadline)
             return result
+
+    async def _moved_by(self, exc: Exception, conn: Connection, deadline: float | None) -> bool:
+        """``moved`` within the call's deadline: a node that does not answer the role question
+        in time leaves the refusal unconfirmed, and the caller gets the server's answer."""
+        if deadline is None:
+            return await self.moved(exc, conn)
+        try:
+            async with asyncio.timeout_at(deadline):
+                return await self.moved(exc, conn)
+        except TimeoutError:
+            return False
 
     async def moved(self, exc: Exception, conn: Connection, in_transaction: bool = False) -> bool:
         """A write refused because the node is no longer the one the DSN asks for (a primary

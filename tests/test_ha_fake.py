@@ -97,3 +97,21 @@ async def test_cancelled_while_asking_the_node_gives_the_connection_back() -> No
                 break
             await asyncio.sleep(0.01)
         assert backend.in_use == 0
+
+
+async def test_the_role_check_keeps_the_call_within_its_deadline() -> None:
+    """Asking the node its role after a refused write is part of the call: a node that does
+    not answer (a partition just after the refusal) cannot hold the caller past ``timeout``."""
+
+    async def hangs(exc: BaseException, conn: Any, in_transaction: bool) -> bool:
+        await asyncio.sleep(30)
+        return True
+
+    sup, backend = make(hangs)
+    async with sup:
+        backend.fail_next(ReadOnlyRefusal("read-only"))
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        with pytest.raises(ReadOnlyRefusal):  # not confirmed in time: the server's own answer
+            await sup.db.execute("INSERT INTO t VALUES (1)", timeout=0.3)
+        assert loop.time() - started < 0.6
