@@ -129,6 +129,7 @@ class Database:
         isolation: str | None = None,
         readonly: bool = False,
         timeout: float | None = None,
+        resolve: bool = False,
     ) -> AbstractAsyncContextManager[Transaction]:
         """``async with db.transaction() as tx:`` runs ``tx.fetch`` / ``execute`` / ... on one
         connection, committed when the block ends, rolled back if it raises.
@@ -138,10 +139,16 @@ class Database:
         ``isolation`` is ``"read_committed"``, ``"repeatable_read"``, ``"serializable"`` or
         ``"read_uncommitted"`` where the backend has them; ``readonly`` opens a read-only
         transaction; ``timeout`` bounds getting a connection. ``tx.transaction()`` nests a
-        savepoint.
+        savepoint. ``resolve=True`` (PostgreSQL) answers a lost COMMIT by asking the server:
+        committed, the block succeeds; rolled back, ``TransactionLost``; otherwise
+        ``OutcomeUnknown`` (guide: "When the outcome is unknown").
         """
         return _tx_block.transaction(
-            self._engine, isolation=isolation, readonly=readonly, timeout=timeout
+            self._engine,
+            isolation=isolation,
+            readonly=readonly,
+            timeout=timeout,
+            resolve=_tx_block.check_resolve(self._engine, resolve, default=False),
         )
 
     async def run_in_transaction(
@@ -153,6 +160,7 @@ class Database:
         timeout: float | None = None,
         isolation: str | None = None,
         readonly: bool = False,
+        resolve: bool | None = None,
     ) -> T:
         """``await fn(tx, *args)`` in a transaction, re-run whole when that is safe.
 
@@ -171,6 +179,7 @@ class Database:
             timeout=timeout,
             isolation=isolation,
             readonly=readonly,
+            resolve=resolve,
         )
 
     # -- the engine ---------------------------------------------------------------------------

@@ -59,7 +59,7 @@ class Transaction:
 
     __slots__ = (
         "_begin", "_cause", "_conn", "_engine", "_failed", "_generation", "committed",
-        "committed_early", "committing", "state",
+        "committed_early", "committing", "state", "wrote",
     )  # fmt: skip
 
     def __init__(
@@ -75,6 +75,9 @@ class Transaction:
         self.committed_early = False
         self.committing = False  # COMMIT was sent (or is being sent)
         self.committed = False  # COMMIT answered: the transaction is committed
+        # A statement that may write was sent (anything but a plain read by its text, the raw
+        # connection handed out): only then is the transaction's id worth learning.
+        self.wrote = False
 
     @property
     def lost(self) -> BaseException | None:
@@ -85,6 +88,7 @@ class Transaction:
     def connection(self) -> Any:
         """The raw driver connection the transaction runs on."""
         self._check()
+        self.wrote = True  # whatever is done on it is out of sight
         return self._engine.backend.raw(self._conn)
 
     # -- the calls ---------------------------------------------------------------------------
@@ -144,6 +148,9 @@ class Transaction:
         conn = self._conn
         backend = self._engine.backend
         family = backend.facts.family
+        if not self.wrote:
+            v = verdict(query, family)  # cached per text
+            self.wrote = op == "executemany" or not v.read_only or bool(v.lookup) or v.locks
         if family == "postgresql" and begins_with_commit(query, family):
             await self._refuse_if_failed(op, kw.get("timeout"))
         try:
@@ -245,12 +252,7 @@ class Transaction:
         """The connection died: discard it and return the error to raise (TransactionLost, or
         OutcomeUnknown when part of the transaction may have been committed)."""
         engine = self._engine
-        engine.backend.discard(self._conn)
-        self._mark(TxState.LOST, exc)
-        if isinstance(exc, TimeoutError):
-            engine.monitor.report_suspect(self._generation, exc, where)
-        else:
-            engine.monitor.report_lost(self._generation, exc, where)
+        self.drop(exc, where)
         if self.committed_early or committing:
             engine.monitor.count_outcome_unknown()
             err: BaseException = OutcomeUnknown(
@@ -265,6 +267,16 @@ class Transaction:
             )
         err.__cause__ = exc
         return err
+
+    def drop(self, exc: BaseException, where: str) -> None:
+        """The connection died: discard it, mark the handle LOST, report to the monitor."""
+        engine = self._engine
+        engine.backend.discard(self._conn)
+        self._mark(TxState.LOST, exc)
+        if isinstance(exc, TimeoutError):
+            engine.monitor.report_suspect(self._generation, exc, where)
+        else:
+            engine.monitor.report_lost(self._generation, exc, where)
 
     def _mark(self, state: TxState, cause: BaseException | None) -> None:
         if self.state is TxState.OPEN:

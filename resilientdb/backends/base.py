@@ -27,6 +27,7 @@ __all__ = [
     "Maintains",
     "PoolClosed",
     "PoolStats",
+    "ResolvesOutcomes",
     "TrimsIdle",
     "is_client_error",
     "with_closed_flag",
@@ -229,6 +230,20 @@ class LooksUpFunctions(Protocol):
     ) -> tuple[frozenset[str], frozenset[str]]:
         """Of ``names``, those whose every overload is STABLE or IMMUTABLE; and the names of
         the operators implemented by a VOLATILE function."""
+        ...
+
+
+class ResolvesOutcomes(Protocol):
+    """Optional adapter capability (PostgreSQL): learn a transaction's id before COMMIT, and
+    ask the server afterwards what became of it (``_outcomes.py``)."""
+
+    async def transaction_mark(self, conn: Connection) -> tuple[str | None, str]:
+        """The open transaction's id (``None``: it has none) and the server run's identity."""
+        ...
+
+    async def transaction_status(self, conn: Connection, xid: str) -> tuple[str | None, str]:
+        """``"committed"``, ``"aborted"``, ``"in progress"``, ``"future"`` or ``None``, and
+        the server run's identity."""
         ...
 
 
