@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, TypeVar
 
-from . import _tx_block
+from . import _once, _tx_block
 from ._engine import Engine, deadline_after
 from ._states import State
 from ._statistics import BackendStatistics
@@ -63,16 +63,32 @@ class Database:
     # -- queries ------------------------------------------------------------------------------
 
     async def fetch(
-        self, query: str, *args: Any, timeout: float | None = None, idempotent: bool | None = None
+        self,
+        query: str,
+        *args: Any,
+        timeout: float | None = None,
+        idempotent: bool | None = None,
+        exactly_once: bool = False,
     ) -> list[Any]:
         """All rows of ``query``: a list of rows (``row[0]``, ``row["name"]``, ``dict(row)``)."""
-        result: list[Any] = await self._run("fetch", query, args, timeout, idempotent)
+        result: list[Any]
+        if exactly_once:
+            result = await self._once("fetch", query, args, timeout, idempotent)
+        else:
+            result = await self._run("fetch", query, args, timeout, idempotent)
         return result
 
     async def fetchrow(
-        self, query: str, *args: Any, timeout: float | None = None, idempotent: bool | None = None
+        self,
+        query: str,
+        *args: Any,
+        timeout: float | None = None,
+        idempotent: bool | None = None,
+        exactly_once: bool = False,
     ) -> Any:
         """The first row of ``query``, or ``None``."""
+        if exactly_once:
+            return await self._once("fetchrow", query, args, timeout, idempotent)
         return await self._run("fetchrow", query, args, timeout, idempotent)
 
     async def fetchval(
@@ -82,14 +98,30 @@ class Database:
         column: int = 0,
         timeout: float | None = None,
         idempotent: bool | None = None,
+        exactly_once: bool = False,
     ) -> Any:
         """One value of the first row (``column`` picks which), or ``None`` without rows."""
+        if exactly_once:
+            return await self._once("fetchval", query, args, timeout, idempotent, column)
         return await self._run("fetchval", query, args, timeout, idempotent, column)
 
     async def execute(
-        self, query: str, *args: Any, timeout: float | None = None, idempotent: bool | None = None
+        self,
+        query: str,
+        *args: Any,
+        timeout: float | None = None,
+        idempotent: bool | None = None,
+        exactly_once: bool = False,
     ) -> Any:
-        """Run a statement; returns the driver's status (asyncpg: the command tag)."""
+        """Run a statement; returns the driver's status (asyncpg: the command tag).
+
+        ``exactly_once=True`` (PostgreSQL; the query methods all take it) runs a write that
+        is not safe to replay in a transaction of its own, so that a lost reply is resolved
+        by asking the server instead of raising ``OutcomeUnknown`` (guide: "When the outcome
+        is unknown"); it costs three round trips more.
+        """
+        if exactly_once:
+            return await self._once("execute", query, args, timeout, idempotent)
         return await self._run("execute", query, args, timeout, idempotent)
 
     async def executemany(
@@ -99,12 +131,15 @@ class Database:
         *,
         timeout: float | None = None,
         idempotent: bool | None = None,
+        exactly_once: bool = False,
     ) -> Any:
         """Run ``command`` once per argument tuple.
 
         Replayed only when nothing was sent, or when ``idempotent=True``: a batch that fails
         midway may have applied part of its rows.
         """
+        if exactly_once:
+            return await self._once("executemany", command, (args,), timeout, idempotent)
         # sql=None for the replay rule: a batch is never judged read-only by its keyword.
         return await self._run("executemany", command, (args,), timeout, idempotent, batch=True)
 
@@ -201,6 +236,17 @@ class Database:
                 return await tx.fetchval(query, *args, column=column, timeout=timeout)
             return await getattr(tx, op)(query, *args, timeout=timeout)
         return await self._engine.run(op, query, args, timeout, idempotent, column, batch)
+
+    async def _once(
+        self,
+        op: str,
+        query: str,
+        args: tuple[Any, ...],
+        timeout: float | None,
+        idempotent: bool | None,
+        column: int = 0,
+    ) -> Any:
+        return await _once.run_once(self._engine, op, query, args, timeout, idempotent, column)
 
     async def health(self, timeout: float | None = None) -> HealthReport:
         """This backend's :class:`HealthReport` (see ``Supervisor.health``); never raises for

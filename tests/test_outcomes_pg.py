@@ -287,3 +287,69 @@ async def test_resolve_argument_checked(ledger: PostgresServer, tmp_path: Any) -
             sup.db.transaction(resolve=True)
         with pytest.raises(TypeError, match="resolve"):
             sup.db.transaction(resolve="yes")  # type: ignore[arg-type]
+
+
+async def test_exactly_once_single_statement(
+    ledger: PostgresServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """exactly_once=True: an INSERT whose COMMIT is lost is resolved (committed: one row,
+    success; dropped: run again, one row) instead of raising OutcomeUnknown."""
+    from resilientdb import _outcomes
+
+    learn = _outcomes.learn
+    faults: list[Hook] = []
+
+    async def learn_then_fault(engine: Any, tx: Any) -> Any:
+        mark = await learn(engine, tx)
+        if faults:
+            _on_commit(tx, faults.pop())
+        return mark
+
+    monkeypatch.setattr(_outcomes, "learn", learn_then_fault)
+    async with FaultProxy(ledger.host, ledger.port) as proxy, _supervised(ledger, proxy) as sup:
+        resolved: list[events.OutcomeResolved] = []
+        sup.on(events.OutcomeResolved, resolved.append)
+
+        async def committed_then_cut() -> None:
+            proxy.set_latency(0.5)
+
+            async def later() -> None:
+                for _ in range(300):  # bounded: 3 s
+                    if await _count(ledger, "once-a"):
+                        break
+                    await asyncio.sleep(0.01)
+                proxy.reset()
+                proxy.set_latency(0)
+
+            asyncio.get_running_loop().create_task(later())
+
+        faults.append(committed_then_cut)
+        seq = await sup.db.fetchval(
+            "INSERT INTO moves (tag) VALUES ('once-a') RETURNING seq", exactly_once=True
+        )
+        assert isinstance(seq, int) and not faults
+        assert proxy.stats.resets >= 1
+
+        async def dropped() -> None:
+            proxy.set_latency(0.5)
+
+            async def later() -> None:
+                await asyncio.sleep(0.15)
+                proxy.reset()
+                proxy.set_latency(0)
+
+            asyncio.get_running_loop().create_task(later())
+
+        faults.append(dropped)
+        tag = await sup.db.execute("INSERT INTO moves (tag) VALUES ('once-b')", exactly_once=True)
+        assert tag == "INSERT 0 1" and not faults
+        st = sup.db.statistics()
+        assert (st.resolved_committed, st.resolved_aborted, st.outcome_unknown) == (1, 1, 0)
+        with pytest.raises(ValueError, match="contradict"):
+            await sup.db.execute("SELECT 1", exactly_once=True, idempotent=True)
+        # Inside a transaction it joins it: no transaction of its own.
+        async with sup.db.transaction():
+            await sup.db.execute("INSERT INTO moves (tag) VALUES ('once-c')", exactly_once=True)
+    assert await _count(ledger, "once-a") == 1
+    assert await _count(ledger, "once-b") == 1
+    assert await _count(ledger, "once-c") == 1

@@ -73,6 +73,7 @@ OP_KINDS = (
     "run",
     "joined",
     "tx_resolve",
+    "once",
 )
 INSERT = "INSERT INTO log VALUES ($1)"
 _ids = itertools.count()
@@ -89,6 +90,7 @@ class Op:
 
     def __post_init__(self) -> None:
         writes = {"write": 1, "write_fn": 1, "side_fn": 1, "multi": 2, "multi_commit": 2}
+        writes |= {"once": 1}
         writes |= {"batch": 3, "tx": 2, "run": 2}
         writes |= {"tx_ddl": 2, "tx_caught": 2, "joined": 2, "tx_resolve": 2}
         self.ids = [f"id{next(_ids)}" for _ in range(writes.get(self.kind, 0))]
@@ -117,6 +119,8 @@ async def run_op(db: Any, op: Op) -> Any:
         return await db.execute(INSERT, ids[0], idempotent=op.idempotent, **kw)
     if k == "read":
         return await db.fetch("SELECT v FROM log", idempotent=op.idempotent, **kw)
+    if k == "once":  # ValueError where the backend cannot resolve: nothing applied
+        return await db.execute(INSERT, ids[0], exactly_once=True, **kw)
     if k == "write_fn":
         return await db.fetchval(f"SELECT write_fn('{ids[0]}')", idempotent=op.idempotent, **kw)
     if k == "side_fn":
@@ -241,6 +245,8 @@ KNOWN = [
     [_op("tx_resolve", (3, "lost_after", 0.0))],
     [_op("tx_resolve", (3, "lost_before", 0.0))],
     [_op("run", (1, "query", 0.0))],  # failed: no id learned, COMMIT answers ROLLBACK
+    [_op("once", (3, "lost_after", 0.0))],  # exactly_once: BEGIN, INSERT, id, COMMIT
+    [_op("once", (3, "lost_before", 0.0))],
     [_op("tx_caught")],  # COMMIT answered ROLLBACK
     [_op("write", (0, "lost_after", 0.4), idempotent=True, timeout=0.25)],  # then unavailable
     [_op("write_fn", (0, "lost_after", 0.0))],  # a SELECT that writes
