@@ -79,8 +79,20 @@ def _id() -> str:
 class Ledger:
     """The workload against one supervisor's default database."""
 
-    def __init__(self, sup: Supervisor, dialect: Dialect, accounts: int = 20) -> None:
+    def __init__(
+        self,
+        sup: Supervisor,
+        dialect: Dialect,
+        accounts: int = 20,
+        *,
+        resolve: bool | None = None,
+        exactly_once: bool = False,
+    ) -> None:
         self.sup = sup
+        # How lost COMMITs are treated: ``resolve`` for run_in_transaction (None: the
+        # library's default), ``exactly_once`` for the single inserts.
+        self.resolve = resolve
+        self.exactly_once = exactly_once
         self.db = sup.db
         self.d = dialect
         self.accounts = accounts
@@ -181,11 +193,20 @@ class Ledger:
             src, dst = rng.sample(range(self.accounts), 2)
             fn = self._transfer if kind == TRANSFER else self._caught
             await db.run_in_transaction(
-                fn, op.rows[0], src, dst, rng.randint(1, 10), retries=10, timeout=30
+                fn,
+                op.rows[0],
+                src,
+                dst,
+                rng.randint(1, 10),
+                retries=10,
+                timeout=30,
+                resolve=self.resolve,
             )
         elif kind == SINGLE:
             op.rows.append(_id())
-            await db.execute(self.sql_single, op.rows[0], timeout=30)
+            await db.execute(
+                self.sql_single, op.rows[0], timeout=30, exactly_once=self.exactly_once
+            )
         elif kind == JOURNAL_BATCH:
             op.rows += [_id() for _ in range(rng.randint(2, 6))]
             accounts = [self._account(rng) for _ in op.rows]
@@ -229,7 +250,13 @@ class Ledger:
             op.rows += [_id(), _id()]
             op.hot.append(rng.choice(HOT_MARKS))
             await db.run_in_transaction(
-                self._ddl, *op.rows, self._cold_account(rng), op.hot[0], retries=10, timeout=30
+                self._ddl,
+                *op.rows,
+                self._cold_account(rng),
+                op.hot[0],
+                retries=10,
+                timeout=30,
+                resolve=self.resolve,
             )
         else:
             raise AssertionError(kind)
