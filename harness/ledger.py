@@ -90,7 +90,8 @@ class Ledger:
     ) -> None:
         self.sup = sup
         # How lost COMMITs are treated: ``resolve`` for run_in_transaction (None: the
-        # library's default), ``exactly_once`` for the single inserts.
+        # library's default), ``exactly_once`` for the writes outside a transaction (single
+        # inserts, batches, multi-statement texts).
         self.resolve = resolve
         self.exactly_once = exactly_once
         self.db = sup.db
@@ -212,7 +213,9 @@ class Ledger:
             accounts = [self._account(rng) for _ in op.rows]
             if rng.random() < 0.5:
                 rows = [(r, k, k, 0) for r, k in zip(op.rows, accounts, strict=True)]
-                await db.executemany(self.sql_journal, rows, timeout=30)
+                await db.executemany(
+                    self.sql_journal, rows, timeout=30, exactly_once=self.exactly_once
+                )
             else:  # a literal in VALUES: PyMySQL sends one INSERT per row, not one multi-row
                 p = self.d.p
                 sql = (
@@ -220,7 +223,7 @@ class Ledger:
                     f"VALUES ({p(1)}, {p(2)}, {p(3)}, 0)"
                 )
                 three = [(r, k, k) for r, k in zip(op.rows, accounts, strict=True)]
-                await db.executemany(sql, three, timeout=30)
+                await db.executemany(sql, three, timeout=30, exactly_once=self.exactly_once)
         elif kind == MARKS_BATCH:
             own = [_id() for _ in range(rng.randint(2, 4))]
             try:
@@ -233,7 +236,9 @@ class Ledger:
             op.hot += rng.sample(HOT_MARKS, rng.randint(1, 2))
             targets = own + op.hot
             rng.shuffle(targets)
-            await db.executemany(self.sql_hit, [(t,) for t in targets], timeout=30)
+            await db.executemany(
+                self.sql_hit, [(t,) for t in targets], timeout=30, exactly_once=self.exactly_once
+            )
         elif kind == MULTI:
             op.rows += [_id(), _id()]
             op.hot += rng.sample(HOT_MARKS, 2)
@@ -245,6 +250,7 @@ class Ledger:
                 f"INSERT INTO journal (op_id, src, dst, amount) VALUES ('{op.rows[0]}', {k}, "
                 f"{k}, 0); {hits}INSERT INTO singles (op_id) VALUES ('{op.rows[1]}')",
                 timeout=30,
+                exactly_once=self.exactly_once,
             )
         elif kind == DDL:
             op.rows += [_id(), _id()]

@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     from ._engine import Engine
     from ._transaction import Transaction
 
-__all__ = ["COMMITTED", "Mark", "learn", "settle", "supports"]
+__all__ = ["COMMITTED", "FAILED", "Mark", "learn", "settle", "supports"]
 
 COMMITTED = "committed"
 ABORTED = "aborted"
@@ -65,6 +65,12 @@ class Verdict:
     why: str
 
 
+# learn(): the server refused to say, because the transaction had failed (an error caught
+# and ignored). On PostgreSQL any error inside a transaction block aborts it: COMMIT could
+# only roll it back, so the block raises TransactionRolledBack without sending it.
+FAILED = Mark("", "")
+
+
 def supports(engine: Engine) -> bool:
     """Whether the backend can resolve lost COMMITs (PostgreSQL)."""
     return getattr(engine.backend, "transaction_mark", None) is not None
@@ -72,8 +78,9 @@ def supports(engine: Engine) -> bool:
 
 async def learn(engine: Engine, tx: Transaction) -> Mark | None:
     """Before COMMIT: the transaction's id, when it wrote. ``None`` when there is nothing to
-    learn (no write) or the server refused (a failed transaction: COMMIT will say so). A
-    lost connection raises ``TransactionLost``: COMMIT was not sent, the server rolls back."""
+    learn (no write, or the transaction has no id: it wrote nothing), ``FAILED`` when the
+    server refused (the transaction had failed; the error is kept as ``tx._failed``). A lost
+    connection raises ``TransactionLost``: COMMIT was not sent, the server rolls back."""
     if not tx.wrote:
         return None
     try:
@@ -85,7 +92,8 @@ async def learn(engine: Engine, tx: Transaction) -> Mark | None:
         if lost:
             err = tx.lose(exc, "COMMIT", committing=False)
             raise err from err.__cause__
-        return None  # aborted earlier (an error caught): COMMIT is answered ROLLBACK
+        tx._failed = tx._failed or exc
+        return FAILED
     return None if xid is None else Mark(xid, run)
 
 

@@ -11,7 +11,7 @@ Committed: the block succeeds. Rolled back: ``TransactionLost`` (nothing was app
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from . import _outcomes
 from ._redact import describe
@@ -36,6 +36,8 @@ async def commit(engine: Engine, tx: Transaction, resolve: bool) -> None:
                 raise unknown(engine, exc, "part of it committed before it was lost") from exc
             raise
     mark = await _outcomes.learn(engine, tx) if resolve else None
+    if mark is _outcomes.FAILED:
+        _rolled_back(engine, tx)
     tx.committing = True
     try:
         result = await tx._conn.execute("COMMIT")
@@ -57,19 +59,24 @@ async def commit(engine: Engine, tx: Transaction, resolve: bool) -> None:
             raise unknown(engine, exc, "COMMIT failed after part of it committed") from exc
         raise
     if not backend.commit_applied(result):
-        failed = tx._failed
-        tx._mark(TxState.ROLLED_BACK, failed)
-        err: BaseException = TransactionRolledBack(
-            f"backend {engine.name!r}: COMMIT did not commit: the server had rolled the "
-            f"transaction back after an error inside it was caught"
-            + (f" ({describe(failed)})" if failed else "")
-            + "; nothing of it was written"
-        )
-        if tx.committed_early:
-            err = unknown(engine, err, "it was rolled back after part of it committed")
-        raise err from failed
+        _rolled_back(engine, tx)
     tx.committing = False
     tx.committed = True
+
+
+def _rolled_back(engine: Engine, tx: Transaction) -> NoReturn:
+    """The transaction had failed (an error inside it was caught): nothing was written."""
+    failed = tx._failed
+    tx._mark(TxState.ROLLED_BACK, failed)
+    err: BaseException = TransactionRolledBack(
+        f"backend {engine.name!r}: COMMIT did not commit: the server had rolled the "
+        f"transaction back after an error inside it was caught"
+        + (f" ({describe(failed)})" if failed else "")
+        + "; nothing of it was written"
+    )
+    if tx.committed_early:
+        err = unknown(engine, err, "it was rolled back after part of it committed")
+    raise err from failed
 
 
 async def _resolve(engine: Engine, tx: Transaction, mark: _outcomes.Mark, exc: Exception) -> None:
