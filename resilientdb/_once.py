@@ -43,7 +43,8 @@ async def run_once(
     if not _outcomes.supports(engine):
         raise ValueError(
             f"backend {engine.name!r}: exactly_once=True needs a backend that can tell what "
-            f"became of a lost COMMIT (PostgreSQL)"
+            f"became of a lost COMMIT (PostgreSQL, or outcome_markers=True on MySQL/MariaDB "
+            f"and SQLite)"
         )
 
     async def statement(tx: Any) -> Any:

@@ -32,6 +32,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from . import _markers
 from ._redact import describe
 from .backends.base import ErrorKind
 from .errors import ResilientDBError
@@ -69,11 +70,21 @@ class Verdict:
 # and ignored). On PostgreSQL any error inside a transaction block aborts it: COMMIT could
 # only roll it back, so the block raises TransactionRolledBack without sending it.
 FAILED = Mark("", "")
+# A marker row says the same whatever server run answers (it is data, not a transaction id).
+MARKER_RUN = "marker"
 
 
 def supports(engine: Engine) -> bool:
-    """Whether the backend can resolve lost COMMITs (PostgreSQL)."""
-    return getattr(engine.backend, "transaction_mark", None) is not None
+    """Whether the backend can resolve lost COMMITs (PostgreSQL; MySQL/MariaDB and SQLite
+    with ``outcome_markers``)."""
+    if getattr(engine.backend, "transaction_mark", None) is not None:
+        return True
+    return engine.options.outcome_markers and engine.backend.facts.family in _markers.FAMILIES
+
+
+def uses_markers(engine: Engine) -> bool:
+    """Whether resolution goes through the marker table (``_markers.py``)."""
+    return getattr(engine.backend, "transaction_mark", None) is None
 
 
 async def learn(engine: Engine, tx: Transaction) -> Mark | None:
@@ -83,6 +94,9 @@ async def learn(engine: Engine, tx: Transaction) -> Mark | None:
     connection raises ``TransactionLost``: COMMIT was not sent, the server rolls back."""
     if not tx.wrote:
         return None
+    if uses_markers(engine):
+        marker = await _markers.insert(engine, tx)
+        return None if marker is None else Mark(marker, MARKER_RUN)
     try:
         xid, run = await engine.backend.transaction_mark(tx._conn)  # type: ignore[attr-defined]
     except Exception as exc:
@@ -117,15 +131,19 @@ async def _ask(engine: Engine, mark: Mark) -> Verdict:
         async with asyncio.timeout_at(limit):
             while True:
                 try:
-                    async with engine.lease(limit) as raw:
-                        status, run = await backend.transaction_status(  # type: ignore[attr-defined]
-                            raw, mark.xid
-                        )
+                    if mark.run == MARKER_RUN:
+                        status, run = await _markers.present(engine, limit, mark.xid), MARKER_RUN
+                    else:
+                        async with engine.lease(limit) as raw:
+                            status, run = await backend.transaction_status(  # type: ignore[attr-defined]
+                                raw, mark.xid
+                            )
                 except ResilientDBError as exc:  # the gate gave up: the server is not back
                     return Verdict("unknown", f"the server did not answer: {describe(exc)}")
                 except Exception as exc:
                     kind = backend.classify(exc)
-                    if not isinstance(exc, TimeoutError) and kind is not ErrorKind.CONNECTION:
+                    transient = (ErrorKind.CONNECTION, ErrorKind.RETRYABLE)  # a lock wait
+                    if not isinstance(exc, TimeoutError) and kind not in transient:
                         return Verdict("unknown", f"the server refused: {describe(exc)}")
                     last = describe(exc)
                     await _pause(loop, limit, delay)

@@ -25,7 +25,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar, cast
 
-from . import _outcomes
+from . import _markers, _outcomes
 from ._engine import deadline_after
 from ._redact import describe
 from ._transaction import Transaction, TxState
@@ -64,7 +64,8 @@ def check_resolve(engine: Engine, resolve: bool | None, *, default: bool) -> boo
     if resolve and not _outcomes.supports(engine):
         raise ValueError(
             f"backend {engine.name!r}: resolve=True needs a backend that can tell what became "
-            f"of a lost COMMIT (PostgreSQL); pass resolve=False or leave it None"
+            f"of a lost COMMIT (PostgreSQL, or outcome_markers=True on MySQL/MariaDB and "
+            f"SQLite); pass resolve=False or leave it None"
         )
     return resolve
 
@@ -87,6 +88,8 @@ async def transaction(
         async with joined.transaction() as tx:
             yield tx
         return
+    if resolve and _outcomes.uses_markers(engine):
+        await _markers.ensure_table(engine, deadline)  # once: MySQL DDL commits implicitly
     cm, tx = await _open(engine, begin, deadline)
     token = engine.join(tx)
     failure: BaseException | None = None

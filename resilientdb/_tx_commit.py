@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, NoReturn
 
-from . import _outcomes
+from . import _markers, _outcomes
 from ._redact import describe
 from ._transaction import Transaction, TxState
 from .backends.base import ErrorKind
@@ -62,6 +62,8 @@ async def commit(engine: Engine, tx: Transaction, resolve: bool) -> None:
         _rolled_back(engine, tx)
     tx.committing = False
     tx.committed = True
+    if mark is not None and mark.run == _outcomes.MARKER_RUN:
+        _markers.sweep_later(engine)
 
 
 def _rolled_back(engine: Engine, tx: Transaction) -> NoReturn:
