@@ -353,3 +353,48 @@ async def test_exactly_once_single_statement(
     assert await _count(ledger, "once-a") == 1
     assert await _count(ledger, "once-b") == 1
     assert await _count(ledger, "once-c") == 1
+
+
+@pytest.mark.parametrize("committed", [True, False])
+async def test_server_restarted_before_the_question(
+    ledger: PostgresServer, committed: bool
+) -> None:
+    """The server restarts between the lost COMMIT and the question. A new server run may
+    give an unflushed id to another transaction, so only "aborted" is trusted there: a
+    COMMIT that never ran is re-run (applied once); one that committed is OutcomeUnknown
+    (applied once, reported honestly)."""
+    tag = f"restart-{committed}"
+    async with FaultProxy(ledger.host, ledger.port) as proxy, _supervised(ledger, proxy) as sup:
+        run = Run(sup, proxy, tag)
+        old_pid = ledger.pid
+
+        async def cut() -> None:
+            proxy.set_latency(0.5)
+
+            async def later() -> None:
+                if committed:
+                    for _ in range(300):  # bounded: 3 s
+                        if await _count(ledger, tag):
+                            break
+                        await asyncio.sleep(0.01)
+                else:
+                    await asyncio.sleep(0.15)  # COMMIT still held by the proxy
+                # The reply never arrives, and the question can only reach the new run.
+                proxy.blackhole()
+                proxy.reset()
+                await asyncio.to_thread(ledger.restart)
+                proxy.set_latency(0)
+                proxy.pass_through()
+
+            asyncio.get_running_loop().create_task(later())
+
+        if committed:
+            with pytest.raises(OutcomeUnknown, match="restarted or failed over"):
+                await run.transfer(cut)
+            assert await run.outcomes(1) == ["unknown"]
+            assert run.calls == 1
+        else:
+            assert await run.transfer(cut) == "done 2"
+            assert await run.outcomes(1) == ["aborted"]
+        assert ledger.pid != old_pid
+    assert await _count(ledger, tag) == 1
