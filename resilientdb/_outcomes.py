@@ -116,7 +116,11 @@ async def settle(engine: Engine, mark: Mark, lost: BaseException) -> Verdict:
     ``gate_timeout`` (the caller's own deadline cuts it shorter). Never raises but for
     cancellation (and a deadline, as ``TimeoutError``, from the caller's scope)."""
     started = time.monotonic()
-    verdict = await _ask(engine, mark)
+    try:
+        verdict = await _ask(engine, mark)
+    except BaseException:  # cancelled, or the caller's deadline: no verdict
+        engine.monitor.resolved("unknown", mark.xid, time.monotonic() - started, lost)
+        raise
     engine.monitor.resolved(verdict.outcome, mark.xid, time.monotonic() - started, lost)
     return verdict
 

@@ -398,3 +398,71 @@ async def test_server_restarted_before_the_question(
             assert await run.outcomes(1) == ["aborted"]
         assert ledger.pid != old_pid
     assert await _count(ledger, tag) == 1
+
+
+async def test_deadline_while_asking_is_outcome_unknown(ledger: PostgresServer) -> None:
+    """COMMIT held by a partition longer than the call's timeout: the question cannot be
+    answered in time, so OutcomeUnknown at the deadline (not later); counted as unknown."""
+    async with FaultProxy(ledger.host, ledger.port) as proxy:
+        dsn = with_host(parse_dsn(ledger.dsn()), proxy.host, proxy.port)
+        async with Supervisor(dsn, command_timeout=0.3, connect_timeout=0.5) as sup:
+            run = Run(sup, proxy, "deadline")
+            heal_at: list[float] = []
+
+            async def cut() -> None:
+                proxy.blackhole()
+                heal_at.append(asyncio.get_running_loop().time() + 3.0)
+
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+
+            async def work(tx: Any) -> None:
+                await tx.execute("INSERT INTO moves (tag) VALUES ('deadline')")
+                if not heal_at:
+                    _on_commit(tx, cut)
+
+            with pytest.raises(OutcomeUnknown):
+                await sup.db.run_in_transaction(work, timeout=1.5)
+            assert loop.time() - started < 1.5 + 0.5
+            assert sup.db.statistics().resolved_unknown == 1
+            await asyncio.sleep(max(0.0, heal_at[0] - loop.time()))
+            proxy.pass_through()
+            assert await run.outcomes(1) == ["unknown"]
+    assert await _count(ledger, "deadline") <= 1
+
+
+async def test_cancelled_while_asking(ledger: PostgresServer) -> None:
+    """A caller cancelled while the lost COMMIT is being resolved leaves at once, and leaves
+    no connection or task behind."""
+    async with FaultProxy(ledger.host, ledger.port) as proxy:
+        dsn = with_host(parse_dsn(ledger.dsn()), proxy.host, proxy.port)
+        async with Supervisor(dsn, command_timeout=0.3, connect_timeout=0.5) as sup:
+
+            async def work(tx: Any) -> None:
+                await tx.execute("INSERT INTO moves (tag) VALUES ('cancelled')")
+                _on_commit(tx, _blackhole(proxy))
+
+            task = asyncio.create_task(sup.db.run_in_transaction(work, timeout=20))
+            await asyncio.sleep(1.0)  # COMMIT timed out at 0.3 s: the question is pending
+            assert not task.done()
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            assert loop.time() - started < 0.2
+            proxy.pass_through()
+            for _ in range(300):  # the background release finishes (bounded: 3 s)
+                st = sup.db.statistics()
+                if st.pool.in_use == 0 and not st.releasing:
+                    break
+                await asyncio.sleep(0.01)
+            assert sup.db.statistics().pool.in_use == 0
+    assert await _count(ledger, "cancelled") <= 1
+
+
+def _blackhole(proxy: FaultProxy) -> Hook:
+    async def cut() -> None:
+        proxy.blackhole()
+
+    return cut
