@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -39,6 +40,7 @@ from .errors import ResilientDBError
 
 if TYPE_CHECKING:
     from ._engine import Engine
+    from ._monitor import Monitor
     from ._transaction import Transaction
 
 __all__ = ["COMMITTED", "FAILED", "Mark", "learn", "settle", "supports"]
@@ -80,6 +82,41 @@ def supports(engine: Engine) -> bool:
     if getattr(engine.backend, "transaction_mark", None) is not None:
         return True
     return engine.options.outcome_markers and engine.backend.facts.family in _markers.FAMILIES
+
+
+_capable: weakref.WeakKeyDictionary[Monitor, bool] = weakref.WeakKeyDictionary()
+
+
+async def ready(engine: Engine, deadline: float | None) -> bool:
+    """Before a resolving transaction opens: whether this backend can answer, checked once
+    on a connection of its own, outside any transaction (a failing question inside one would
+    abort it: a server that speaks PostgreSQL's protocol without these functions must not
+    lose every transaction). Markers: the table is created here, once."""
+    if uses_markers(engine):
+        await _markers.ensure_table(engine, deadline)
+        return True
+    known = _capable.get(engine.monitor)
+    if known is not None:
+        return known
+    backend = engine.backend
+    cm, conn, _ = await engine.checkout(deadline)
+    try:
+        await backend.transaction_mark(conn)  # type: ignore[attr-defined]
+    except Exception as exc:
+        if isinstance(exc, TimeoutError) or backend.classify(exc, conn) is ErrorKind.CONNECTION:
+            backend.discard(conn)
+            engine.monitor.release_later(cm.__aexit__(None, None, None))
+            return False  # not known yet: this transaction goes unresolved
+        _capable[engine.monitor] = False
+        await cm.__aexit__(None, None, None)
+        return False
+    except BaseException:
+        backend.discard(conn)
+        engine.monitor.release_later(cm.__aexit__(None, None, None))
+        raise
+    await cm.__aexit__(None, None, None)
+    _capable[engine.monitor] = True
+    return True
 
 
 def uses_markers(engine: Engine) -> bool:

@@ -25,7 +25,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar, cast
 
-from . import _markers, _outcomes
+from . import _outcomes
 from ._engine import deadline_after
 from ._redact import describe
 from ._transaction import Transaction, TxState
@@ -88,8 +88,8 @@ async def transaction(
         async with joined.transaction() as tx:
             yield tx
         return
-    if resolve and _outcomes.uses_markers(engine):
-        await _markers.ensure_table(engine, deadline)  # once: MySQL DDL commits implicitly
+    if resolve:  # checked once per backend, outside any transaction
+        resolve = await _outcomes.ready(engine, deadline)
     cm, tx = await _open(engine, begin, deadline)
     token = engine.join(tx)
     failure: BaseException | None = None

@@ -233,20 +233,23 @@ KNOWN = [
     [_op("tx_ddl", (2, "query", 0.0))],  # a failed implicit commit, then the error raised
     [_op("tx_ddl", (3, "lost_before", 0.0))],  # lost after the implicit commit
     [_op("run", (3, "lost_before", 0.0))],  # ... and re-run by run_in_transaction
-    [_op("run", (3, "lost_after", 0.0))],  # COMMIT applied, its reply lost (unresolved)
-    # Resolution (PostgreSQL: statement 3 learns the id, 4 is COMMIT, 5 asks the server):
-    [_op("run", (4, "lost_after", 0.0))],  # committed, the reply lost: success, once
-    [_op("run", (4, "lost_before", 0.0))],  # lost before the server ran it: re-run
-    [_op("run", (4, "lost_after", 0.0), (5, "lost_before", 0.0))],  # the question lost too
-    [_op("run", (4, "lost_after", 0.4), timeout=0.25)],  # no answer within the deadline
-    [_op("run", (4, "lost_after", 0.0), (5, "query", 0.0))],  # the server refuses to say
-    [_op("run", (4, "hang_before", 0.0))],  # COMMIT timed out unapplied: aborted, re-run
-    [_op("run", (3, "lost_before", 0.0))],  # lost while learning the id: re-run
-    [_op("tx_resolve", (3, "lost_after", 0.0))],
-    [_op("tx_resolve", (3, "lost_before", 0.0))],
-    [_op("run", (1, "query", 0.0))],  # failed: no id learned, COMMIT answers ROLLBACK
-    [_op("once", (3, "lost_after", 0.0))],  # exactly_once: BEGIN, INSERT, id, COMMIT
-    [_op("once", (3, "lost_before", 0.0))],
+    [_op("run", (3, "lost_after", 0.0))],
+    # Resolution (PostgreSQL). The first resolving call checks once, outside a transaction,
+    # that the server can answer (statement 0); then BEGIN 1, the INSERTs 2 and 3, the id
+    # question 4, COMMIT 5, the question after a lost COMMIT 6:
+    [_op("run", (5, "lost_after", 0.0))],  # committed, the reply lost: success, once
+    [_op("run", (5, "lost_before", 0.0))],  # lost before the server ran it: re-run
+    [_op("run", (5, "lost_after", 0.0), (6, "lost_before", 0.0))],  # the question lost too
+    [_op("run", (5, "lost_after", 0.4), timeout=0.25)],  # no answer within the deadline
+    [_op("run", (5, "lost_after", 0.0), (6, "query", 0.0))],  # the server refuses to say
+    [_op("run", (5, "hang_before", 0.0))],  # COMMIT timed out unapplied: aborted, re-run
+    [_op("run", (4, "lost_before", 0.0))],  # lost while learning the id: re-run
+    [_op("run", (0, "lost_after", 0.0), (4, "lost_after", 0.0))],  # the check lost: unresolved
+    [_op("tx_resolve", (5, "lost_after", 0.0))],
+    [_op("tx_resolve", (5, "lost_before", 0.0))],
+    [_op("run", (2, "query", 0.0))],  # failed: the id question refused, no COMMIT sent
+    [_op("once", (4, "lost_after", 0.0))],  # exactly_once: check, BEGIN, INSERT, id, COMMIT
+    [_op("once", (4, "lost_before", 0.0))],
     [_op("tx_caught")],  # COMMIT answered ROLLBACK
     [_op("write", (0, "lost_after", 0.4), idempotent=True, timeout=0.25)],  # then unavailable
     [_op("write_fn", (0, "lost_after", 0.0))],  # a SELECT that writes
@@ -283,9 +286,9 @@ def test_what_each_call_reports_is_what_was_applied(flavor: str) -> None:
 @pytest.mark.parametrize(
     ("fault", "result", "how"),
     [
-        ((4, "lost_after", 0.0), 2, "committed"),  # applied, reply lost: success, no re-run
-        ((4, "lost_before", 0.0), 2, "aborted"),  # never ran: re-run, applied once
-        ((3, "lost_after", 0.0), 2, None),  # lost while learning the id: re-run, no question
+        ((5, "lost_after", 0.0), 2, "committed"),  # applied, reply lost: success, no re-run
+        ((5, "lost_before", 0.0), 2, "aborted"),  # never ran: re-run, applied once
+        ((4, "lost_after", 0.0), 2, None),  # lost while learning the id: re-run, no question
     ],
 )
 def test_a_lost_commit_is_resolved(fault: tuple[int, str, float], result: int, how: str) -> None:
