@@ -49,6 +49,13 @@ async def commit(engine: Engine, tx: Transaction, resolve: bool) -> None:
             tx.drop(exc, "COMMIT")
             await _resolve(engine, tx, mark, exc)
             return
+        if lost and resolve and not (tx.wrote or tx.committed_early):
+            # Only plain reads ran: committed or not, the database is the same, and what
+            # the reads returned stands. Nothing to ask.
+            tx.drop(exc, "COMMIT")
+            tx.committing = False
+            tx.committed = True
+            return
         if lost:
             lost_err = tx.lose(exc, "COMMIT", committing=not backend.unsent(exc))
             raise lost_err from lost_err.__cause__

@@ -483,3 +483,25 @@ async def test_a_server_without_the_functions_loses_nothing(
                 lambda tx: tx.execute("INSERT INTO moves (tag) VALUES ('no-functions')")
             )
     assert await _count(ledger, "no-functions") == 2
+
+
+async def test_a_lost_commit_of_plain_reads_is_no_question(ledger: PostgresServer) -> None:
+    """A transaction that only read: its COMMIT lost changes nothing; the result stands."""
+    async with FaultProxy(ledger.host, ledger.port) as proxy, _supervised(ledger, proxy) as sup:
+        calls = 0
+
+        async def cut() -> None:
+            assert proxy.reset() >= 1
+
+        async def work(tx: Any) -> int:
+            nonlocal calls
+            calls += 1
+            n: int = await tx.fetchval("SELECT count(*) FROM moves")
+            _on_commit(tx, cut)
+            return n + 41
+
+        assert await sup.db.run_in_transaction(work, timeout=20) == 41
+        assert calls == 1 and proxy.stats.resets >= 1
+        assert sup.db.statistics().outcome_unknown == 0
+        with pytest.raises((OutcomeUnknown, TransactionLost)):  # unresolved: as before
+            await sup.db.run_in_transaction(work, timeout=20, resolve=False, retries=0)
