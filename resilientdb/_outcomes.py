@@ -4,7 +4,8 @@ A connection lost while COMMIT was in flight leaves the outcome unknown: the ser
 committed and lost only the reply, or never received the COMMIT. On PostgreSQL the answer is
 on the server. Just before COMMIT is sent, a transaction that wrote learns its id
 (``pg_current_xact_id_if_assigned()``, ``txid_current_if_assigned()`` before 13) and which run
-of the server assigned it (``pg_postmaster_start_time()``), in one round trip
+of the server assigned it (``pg_postmaster_start_time()`` with the shared statistics' reset
+time, which crash recovery sets without restarting the postmaster), in one round trip
 (``_tx_commit.py``). If the COMMIT is lost, :func:`settle` reconnects through the gate and
 asks ``pg_xact_status()`` (``txid_status()``):
 
@@ -16,8 +17,9 @@ asks ``pg_xact_status()`` (``txid_status()``):
   ``OutcomeUnknown``, as without resolution.
 
 Ids are only meaningful to the server run that assigned them. Within one run they are never
-given out twice. A server that crashed may give out again the ids whose records it had not
-yet flushed, and a promoted standby gives out its own ids after the point it had replayed:
+given out twice. A server that crashed (a whole restart, or a crashed backend after which the
+postmaster reinitialises and replays WAL) may give out again the ids whose records it had
+not yet flushed, and a promoted standby gives out its own ids after the point it had replayed:
 in both cases a ``committed`` answer may be about another transaction. So when the run that
 answers is not the run that assigned the id, only ``aborted`` is trusted: if our transaction
 had committed there (flushed, or replicated before promotion), that id would read

@@ -505,3 +505,53 @@ async def test_a_lost_commit_of_plain_reads_is_no_question(ledger: PostgresServe
         assert sup.db.statistics().outcome_unknown == 0
         with pytest.raises((OutcomeUnknown, TransactionLost)):  # unresolved: as before
             await sup.db.run_in_transaction(work, timeout=20, resolve=False, retries=0)
+
+
+async def test_an_id_given_again_after_a_crash_is_never_trusted(ledger: PostgresServer) -> None:
+    """A crashed backend makes the postmaster replay WAL without restarting; the ids whose
+    records were not flushed are given out again. Here the transaction takes an id (nothing
+    of it reaches the WAL), its COMMIT is held by a partition, a backend is killed, and
+    another transaction then takes the same id and commits. Asked afterwards, the server
+    says "committed", about that other transaction: the call must not report success."""
+    import os
+    import signal
+
+    async with FaultProxy(ledger.host, ledger.port) as proxy:
+        dsn = with_host(parse_dsn(ledger.dsn()), proxy.host, proxy.port)
+        async with Supervisor(dsn, command_timeout=1.0, connect_timeout=0.5) as sup:
+            ours: list[str] = []
+            others: list[str] = []
+
+            async def crash_and_reuse() -> None:
+                victim = await asyncpg.connect(ledger.dsn())
+                os.kill(victim.get_server_pid(), signal.SIGKILL)
+                victim.terminate()
+                for _ in range(200):  # the postmaster's recovery (bounded: 10 s)
+                    try:
+                        conn = await asyncpg.connect(ledger.dsn(), timeout=1)
+                        break
+                    except (OSError, asyncpg.PostgresError, TimeoutError):
+                        await asyncio.sleep(0.05)
+                try:
+                    for _ in range(50):  # bounded: until the lost id is given again
+                        async with conn.transaction():
+                            others.append(await conn.fetchval("SELECT pg_current_xact_id()::text"))
+                        if int(others[-1]) >= int(ours[0]):
+                            break
+                finally:
+                    await conn.close()
+                proxy.reset()
+                proxy.pass_through()
+
+            async def cut() -> None:
+                proxy.blackhole()
+                asyncio.get_running_loop().create_task(crash_and_reuse())
+
+            async def work(tx: Any) -> None:
+                ours.append(await tx.fetchval("SELECT pg_current_xact_id()::text"))
+                _on_commit(tx, cut)
+
+            with pytest.raises(OutcomeUnknown, match="restarted or failed over"):
+                await sup.db.run_in_transaction(work, timeout=30)
+            assert ours[0] in others  # the id was given again: the fault really happened
+            assert sup.db.statistics().resolved_unknown == 1

@@ -68,17 +68,21 @@ _FUNCTIONS = (
 )
 # The transaction's id, if it has one (it has one once it wrote), and which run of the server
 # answered: an id is only meaningful to the server run that assigned it (see _outcomes.py).
+# A run is the postmaster's start and the last reset of the shared statistics: a crashed
+# backend makes the postmaster reinitialise and replay WAL without restarting (the start
+# time stays) and reuse the ids whose records were not flushed; that recovery discards the
+# statistics, which sets their reset time.
+_RUN = (
+    "pg_catalog.pg_postmaster_start_time()::text || ' ' || "
+    "coalesce((SELECT stats_reset FROM pg_catalog.pg_stat_bgwriter)::text, '')"
+)
 _MARK = {
-    True: "SELECT pg_catalog.pg_current_xact_id_if_assigned()::text, "
-    "pg_catalog.pg_postmaster_start_time()::text",
-    False: "SELECT pg_catalog.txid_current_if_assigned()::text, "
-    "pg_catalog.pg_postmaster_start_time()::text",
+    True: f"SELECT pg_catalog.pg_current_xact_id_if_assigned()::text, {_RUN}",
+    False: f"SELECT pg_catalog.txid_current_if_assigned()::text, {_RUN}",
 }
 _STATUS = {
-    True: "SELECT pg_catalog.pg_xact_status($1::text::xid8), "
-    "pg_catalog.pg_postmaster_start_time()::text",
-    False: "SELECT pg_catalog.txid_status($1::text::bigint), "
-    "pg_catalog.pg_postmaster_start_time()::text",
+    True: f"SELECT pg_catalog.pg_xact_status($1::text::xid8), {_RUN}",
+    False: f"SELECT pg_catalog.txid_status($1::text::bigint), {_RUN}",
 }
 _VOLATILE_OPERATORS = (
     "SELECT DISTINCT o.oprname::text FROM pg_catalog.pg_operator o "
@@ -315,8 +319,8 @@ class PostgresBackend(Classifies):
             row = await raw.fetchrow(query, xid, timeout=bound)
         except pgexc.PostgresError as exc:
             if exc.sqlstate == "22023" and "in the future" in str(exc):
-                start = await raw.fetchval("SELECT pg_catalog.pg_postmaster_start_time()::text")
-                return "future", str(start)
+                run = await raw.fetchval(f"SELECT {_RUN}", timeout=bound)
+                return "future", str(run)
             raise
         assert row is not None
         return row[0], row[1]
