@@ -142,6 +142,36 @@ async def test_pg_read_only_select_is_replayed_after_lost_reply(
         assert sup.db.statistics().replays >= 1  # the reply really was lost
 
 
+@pytest.mark.parametrize("idempotent", [None, True])
+async def test_pg_locking_read_is_replayed_only_when_idempotent(
+    pg: PostgresServer,
+    pg_proxy: FaultProxy,
+    pg_functions: asyncpg.Connection[Any],
+    idempotent: bool | None,
+) -> None:
+    """``SELECT ... FOR UPDATE`` cannot be replayed inside the read-only transaction that
+    guards replays, so a lost reply raises ``OutcomeUnknown`` unless the caller said
+    ``idempotent=True``, in which case it is replayed."""
+    observer = pg_functions
+    query = "SELECT count(*) FROM (SELECT n FROM side FOR UPDATE) AS locked"
+    async with Supervisor(via(pg_proxy, pg.dsn()), max_size=1) as sup:
+        assert await sup.db.fetchval(query) == 0  # prepared: the next run only executes
+        since = await observer.fetchval("SELECT clock_timestamp()")
+
+        async def executed() -> bool:
+            return await pg_statement_finished(observer, query, since)
+
+        call = sup.db.fetchval(query, idempotent=idempotent)
+        task = await cut_reply(pg_proxy, call, executed)
+        outcome = await outcome_of(asyncio.wait_for(task, 10))
+        if idempotent:
+            assert outcome == 0
+            assert sup.db.statistics().replays >= 1  # the reply really was lost
+        else:
+            assert isinstance(outcome, OutcomeUnknown), repr(outcome)
+            assert "locking read" in str(outcome)
+
+
 async def test_mysql_select_of_a_writing_function_is_outcome_unknown(
     mariadb: MariaDBServer, my_proxy: FaultProxy
 ) -> None:
