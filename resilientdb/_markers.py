@@ -29,6 +29,7 @@ import uuid
 import weakref
 from typing import TYPE_CHECKING
 
+from ._transaction import TxState
 from .backends.base import ErrorKind
 
 if TYPE_CHECKING:
@@ -101,15 +102,13 @@ async def insert(engine: Engine, tx: Transaction) -> str | None:
     creates the table again). A lost connection raises: COMMIT was not sent."""
     marker = uuid.uuid4().hex
     try:
-        await tx._conn.execute(_INSERT[engine.backend.facts.family], marker, time.time())
-    except Exception as exc:
-        lost = isinstance(exc, TimeoutError) or (
-            engine.backend.classify(exc, tx._conn) is ErrorKind.CONNECTION
-        )
-        if lost:
-            err = tx.lose(exc, "COMMIT", committing=False)
-            raise err from err.__cause__
-        _state(engine).ready = False
+        # Through the handle: a lost connection, a lost race (rolled back whole) or a
+        # statement that ended the transaction are handled as for any of its statements.
+        await tx.execute(_INSERT[engine.backend.facts.family], marker, time.time())
+    except Exception:
+        if tx.state is not TxState.OPEN:
+            raise
+        _state(engine).ready = False  # refused, the transaction still open: unresolved
         return None
     return marker
 

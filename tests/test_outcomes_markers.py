@@ -202,3 +202,17 @@ async def test_mariadb_reply_held_then_reset(mariadb: MariaDBServer) -> None:
             assert sup.db.statistics().resolved_committed == 1
             n = await direct.db.fetchval("SELECT count(*) FROM moves WHERE tag = 'real'")
             assert n == 1
+
+
+async def test_marker_table_dropped_underneath(target: tuple[str, Supervisor]) -> None:
+    """The marker insert refused (the table dropped by someone): that transaction commits
+    unresolved, and the next one creates the table again."""
+    _, sup = target
+    insert = f"INSERT INTO moves (tag) VALUES ({_p(sup)})"
+    await sup.db.run_in_transaction(lambda tx: tx.execute(insert, "dropped"))
+    await sup.db.execute("DROP TABLE resilientdb_outcomes", idempotent=True)
+    await sup.db.run_in_transaction(lambda tx: tx.execute(insert, "dropped"))
+    assert await _count(sup, "dropped") == 2
+    await sup.db.run_in_transaction(lambda tx: tx.execute(insert, "dropped"))
+    assert await sup.db.fetchval("SELECT count(*) FROM resilientdb_outcomes") == 1
+    assert await _count(sup, "dropped") == 3
