@@ -10,6 +10,11 @@ transactions whose callable catches an error and carries on. Prints the reconcil
 tables (one row per kind, plus the hot rows the faults lock) and writes
 benchmarks/results/ledger.json (``--out DIR`` elsewhere). Exits non-zero on any loss or
 duplicate.
+
+``--compare-resolve`` runs PostgreSQL twice with the same schedule: before (a lost COMMIT is
+``OutcomeUnknown``: ``resolve=False``, plain single inserts) and after (lost COMMITs resolved
+by asking the server: ``run_in_transaction``'s default, single inserts ``exactly_once=True``),
+and prints the ``OutcomeUnknown`` the application saw in each.
 """
 
 from __future__ import annotations
@@ -40,8 +45,11 @@ def repeated(faults: list[Fault], period: float, duration: float) -> list[Fault]
     return out
 
 
-async def run_backend(backend: str, duration: float, workers: int) -> dict[str, Any]:
-    """One large run on ``backend`` ("postgres", "mysql", "sqlite"), its own server fresh."""
+async def run_backend(
+    backend: str, duration: float, workers: int, **ledger_options: Any
+) -> dict[str, Any]:
+    """One large run on ``backend`` ("postgres", "mysql", "sqlite"), its own server fresh;
+    ``ledger_options`` go to ``Ledger`` (``resolve``, ``exactly_once``; server backends)."""
 
     def schedule(faults: list[Fault]) -> list[Fault]:
         return repeated(faults, 20.0, duration)
@@ -63,6 +71,7 @@ async def run_backend(backend: str, duration: float, workers: int) -> dict[str, 
                 duration=duration,
                 workers=workers,
                 schedule=schedule,
+                **ledger_options,
             )
         finally:
             await asyncio.to_thread(server.cleanup)
@@ -71,6 +80,7 @@ async def run_backend(backend: str, duration: float, workers: int) -> dict[str, 
     data["lost"], data["duplicated"] = len(report.lost), len(report.duplicated)
     data["applied_after_failure"] = len(report.applied_after_failure)
     data["clean"] = report.clean
+    data["outcome_unknown"] = sum(c["unknown"] for c in report.kind_counts.values())
     data["faults"] = {k: str(v) for k, v in fired.items()}
     return data
 
@@ -83,12 +93,39 @@ def main(argv: list[str] | None = None) -> int:
         "--backends", default="postgres,mysql,sqlite", help="comma-separated subset to run"
     )
     parser.add_argument("--out", type=Path, default=None, help="directory for ledger.json")
+    parser.add_argument(
+        "--compare-resolve",
+        action="store_true",
+        help="PostgreSQL only, twice: lost COMMITs unresolved, then resolved",
+    )
     args = parser.parse_args(argv)
+    if args.compare_resolve:
+        return compare_resolve(args.duration, args.workers, args.out)
     results = {
         b: asyncio.run(run_backend(b, args.duration, args.workers))
         for b in args.backends.split(",")
     }
     write_json("ledger", results, args.out)
+    return 0 if all(r["clean"] for r in results.values()) else 1
+
+
+def compare_resolve(duration: float, workers: int, out: Path | None) -> int:
+    """PostgreSQL before (unresolved) and after (resolved): OutcomeUnknown seen by the app."""
+    runs = {
+        "before": {"resolve": False, "exactly_once": False},
+        "after": {"resolve": None, "exactly_once": True},
+    }
+    results = {
+        name: asyncio.run(run_backend("postgres", duration, workers, **opts))
+        for name, opts in runs.items()
+    }
+    for name, r in results.items():
+        print(
+            f"{name}: OutcomeUnknown {r['outcome_unknown']}, lost {r['lost']}, "
+            f"applied twice {r['duplicated']}, "
+            f"{r['faults'].get('resolved (committed, aborted, unknown)', '')} resolved"
+        )
+    write_json("ledger_resolve", results, out)
     return 0 if all(r["clean"] for r in results.values()) else 1
 
 

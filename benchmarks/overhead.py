@@ -28,7 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from benchmarks import _servers
+from benchmarks import _servers, resolve_cost
 from benchmarks._clients import (
     MYSQL,
     PG,
@@ -201,6 +201,10 @@ async def run(s: Settings, rounds: int | None = None, slice_s: float | None = No
         results["sqlite"] = await bench_sqlite(rounds, slice_s, s)
         print("overhead: gate cost (fake backend)", flush=True)
         results["gate"] = await gate_cost(s.pick(100_000, 2_000), s.pick(7, 1))
+        # The cost of resolving lost COMMITs (benchmarks/resolve_cost.py): a transfer through
+        # run_in_transaction, plain against resolving, alternated on one supervisor.
+        print("overhead: resolving lost COMMITs (PostgreSQL)", flush=True)
+        results["resolve"] = await resolve_cost.bench(s.pick(9, 1), s.pick(60, 3))
     write_json("overhead", results, s.out)
     return results
 

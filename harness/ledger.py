@@ -79,8 +79,21 @@ def _id() -> str:
 class Ledger:
     """The workload against one supervisor's default database."""
 
-    def __init__(self, sup: Supervisor, dialect: Dialect, accounts: int = 20) -> None:
+    def __init__(
+        self,
+        sup: Supervisor,
+        dialect: Dialect,
+        accounts: int = 20,
+        *,
+        resolve: bool | None = None,
+        exactly_once: bool = False,
+    ) -> None:
         self.sup = sup
+        # How lost COMMITs are treated: ``resolve`` for run_in_transaction (None: the
+        # library's default), ``exactly_once`` for the writes outside a transaction (single
+        # inserts, batches, multi-statement texts).
+        self.resolve = resolve
+        self.exactly_once = exactly_once
         self.db = sup.db
         self.d = dialect
         self.accounts = accounts
@@ -181,17 +194,28 @@ class Ledger:
             src, dst = rng.sample(range(self.accounts), 2)
             fn = self._transfer if kind == TRANSFER else self._caught
             await db.run_in_transaction(
-                fn, op.rows[0], src, dst, rng.randint(1, 10), retries=10, timeout=30
+                fn,
+                op.rows[0],
+                src,
+                dst,
+                rng.randint(1, 10),
+                retries=10,
+                timeout=30,
+                resolve=self.resolve,
             )
         elif kind == SINGLE:
             op.rows.append(_id())
-            await db.execute(self.sql_single, op.rows[0], timeout=30)
+            await db.execute(
+                self.sql_single, op.rows[0], timeout=30, exactly_once=self.exactly_once
+            )
         elif kind == JOURNAL_BATCH:
             op.rows += [_id() for _ in range(rng.randint(2, 6))]
             accounts = [self._account(rng) for _ in op.rows]
             if rng.random() < 0.5:
                 rows = [(r, k, k, 0) for r, k in zip(op.rows, accounts, strict=True)]
-                await db.executemany(self.sql_journal, rows, timeout=30)
+                await db.executemany(
+                    self.sql_journal, rows, timeout=30, exactly_once=self.exactly_once
+                )
             else:  # a literal in VALUES: PyMySQL sends one INSERT per row, not one multi-row
                 p = self.d.p
                 sql = (
@@ -199,7 +223,7 @@ class Ledger:
                     f"VALUES ({p(1)}, {p(2)}, {p(3)}, 0)"
                 )
                 three = [(r, k, k) for r, k in zip(op.rows, accounts, strict=True)]
-                await db.executemany(sql, three, timeout=30)
+                await db.executemany(sql, three, timeout=30, exactly_once=self.exactly_once)
         elif kind == MARKS_BATCH:
             own = [_id() for _ in range(rng.randint(2, 4))]
             try:
@@ -212,7 +236,9 @@ class Ledger:
             op.hot += rng.sample(HOT_MARKS, rng.randint(1, 2))
             targets = own + op.hot
             rng.shuffle(targets)
-            await db.executemany(self.sql_hit, [(t,) for t in targets], timeout=30)
+            await db.executemany(
+                self.sql_hit, [(t,) for t in targets], timeout=30, exactly_once=self.exactly_once
+            )
         elif kind == MULTI:
             op.rows += [_id(), _id()]
             op.hot += rng.sample(HOT_MARKS, 2)
@@ -224,12 +250,19 @@ class Ledger:
                 f"INSERT INTO journal (op_id, src, dst, amount) VALUES ('{op.rows[0]}', {k}, "
                 f"{k}, 0); {hits}INSERT INTO singles (op_id) VALUES ('{op.rows[1]}')",
                 timeout=30,
+                exactly_once=self.exactly_once,
             )
         elif kind == DDL:
             op.rows += [_id(), _id()]
             op.hot.append(rng.choice(HOT_MARKS))
             await db.run_in_transaction(
-                self._ddl, *op.rows, self._cold_account(rng), op.hot[0], retries=10, timeout=30
+                self._ddl,
+                *op.rows,
+                self._cold_account(rng),
+                op.hot[0],
+                retries=10,
+                timeout=30,
+                resolve=self.resolve,
             )
         else:
             raise AssertionError(kind)

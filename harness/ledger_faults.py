@@ -26,6 +26,7 @@ from resilientdb.config import parse_dsn, with_host
 from resilientdb.testing import Adapters, FaultProxy
 
 DURATION = 20.0
+RESOLVED = "resolved (committed, aborted, unknown)"
 
 
 def server_faults(
@@ -171,8 +172,11 @@ async def run_through_proxy(
     duration: float = DURATION,
     workers: int = 16,
     schedule: Schedule = _once,
+    **ledger_options: Any,
 ) -> tuple[Report, dict[str, Any]]:
-    """The ledger against ``server`` through a fault proxy; the report and the faults fired."""
+    """The ledger against ``server`` through a fault proxy; the report and the faults fired
+    (and, under ``"resolved (committed, aborted, unknown)"``, the lost COMMITs resolved).
+    ``ledger_options`` go to ``Ledger`` (``resolve``, ``exactly_once``)."""
     async with FaultProxy(server.host, server.port) as proxy:
         dsn = with_host(parse_dsn(server.dsn()), proxy.host, proxy.port)
         async with prepared(server) as on_connect:
@@ -186,9 +190,15 @@ async def run_through_proxy(
                 on_connect=on_connect,
             )
             async with sup:
-                ledger = Ledger(sup, dialect)
+                ledger = Ledger(sup, dialect, **ledger_options)
                 await ledger.setup()
                 fired = await ledger.run(duration, workers, schedule(faults(server, proxy)))
+                st = sup.db.statistics()
+                fired[RESOLVED] = (
+                    st.resolved_committed,
+                    st.resolved_aborted,
+                    st.resolved_unknown,
+                )
                 return await ledger.reconcile(fired), fired
 
 

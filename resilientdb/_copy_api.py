@@ -236,6 +236,7 @@ async def _in_tx(handle: Any, op: str, *args: Any, **kw: Any) -> str:
     engine = tx._engine
     require_postgres(engine, op)
     tx._check()
+    tx.note_sent("copy", "COPY")  # a load writes; even a copy-out's query may
     conn = engine.backend.raw(tx._conn)
     method: Callable[..., Any] = getattr(conn, op)
     try:

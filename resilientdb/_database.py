@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequenc
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from . import _tx_block
+from . import _once, _tx_block
 from ._copy_api import CopyMethods
 from ._engine import Engine, deadline_after
 from ._listen import Listener
@@ -80,11 +80,16 @@ class Database(CopyMethods, ListenMethods):
         *args: Any,
         timeout: float | None = None,
         idempotent: bool | None = None,
+        exactly_once: bool = False,
     ) -> list[Any]:
         """All rows of ``query``: a list of rows (``row[0]``, ``row["name"]``, ``dict(row)``):
         :class:`Row` on MySQL and SQLite, asyncpg's ``Record`` (or the ``record_class`` given in
         ``connect_kwargs``) on PostgreSQL, which :class:`Row` imitates."""
-        result: list[Any] = await self._run("fetch", query, args, timeout, idempotent)
+        result: list[Any]
+        if exactly_once:
+            result = await self._once("fetch", query, args, timeout, idempotent)
+        else:
+            result = await self._run("fetch", query, args, timeout, idempotent)
         return result
 
     async def fetchrow(
@@ -93,8 +98,11 @@ class Database(CopyMethods, ListenMethods):
         *args: Any,
         timeout: float | None = None,
         idempotent: bool | None = None,
+        exactly_once: bool = False,
     ) -> Any:
         """The first row of ``query``, or ``None``."""
+        if exactly_once:
+            return await self._once("fetchrow", query, args, timeout, idempotent)
         return await self._run("fetchrow", query, args, timeout, idempotent)
 
     async def fetchval(
@@ -104,8 +112,11 @@ class Database(CopyMethods, ListenMethods):
         column: int = 0,
         timeout: float | None = None,
         idempotent: bool | None = None,
+        exactly_once: bool = False,
     ) -> Any:
         """One value of the first row (``column`` picks which), or ``None`` without rows."""
+        if exactly_once:
+            return await self._once("fetchval", query, args, timeout, idempotent, column)
         return await self._run("fetchval", query, args, timeout, idempotent, column)
 
     async def execute(
@@ -114,8 +125,17 @@ class Database(CopyMethods, ListenMethods):
         *args: Any,
         timeout: float | None = None,
         idempotent: bool | None = None,
+        exactly_once: bool = False,
     ) -> Any:
-        """Run a statement; returns the driver's status (asyncpg: the command tag)."""
+        """Run a statement; returns the driver's status (asyncpg: the command tag).
+
+        ``exactly_once=True`` (PostgreSQL; the query methods all take it) runs a write that
+        is not safe to replay in a transaction of its own, so that a lost reply is resolved
+        by asking the server instead of raising ``OutcomeUnknown`` (guide: "When the outcome
+        is unknown"); it costs three round trips more.
+        """
+        if exactly_once:
+            return await self._once("execute", query, args, timeout, idempotent)
         return await self._run("execute", query, args, timeout, idempotent)
 
     async def executemany(
@@ -125,6 +145,7 @@ class Database(CopyMethods, ListenMethods):
         *,
         timeout: float | None = None,
         idempotent: bool | None = None,
+        exactly_once: bool = False,
     ) -> Any:
         """Run ``command`` once per argument tuple; returns None on every backend.
 
@@ -132,6 +153,8 @@ class Database(CopyMethods, ListenMethods):
         midway may have applied part of its rows. With a :class:`Query` or a SQLAlchemy
         statement, each row is a mapping of names to values.
         """
+        if exactly_once:
+            return await self._once("executemany", command, (args,), timeout, idempotent)
         # sql=None for the replay rule: a batch is never judged read-only by its keyword.
         return await self._run("executemany", command, (args,), timeout, idempotent, batch=True)
 
@@ -156,6 +179,7 @@ class Database(CopyMethods, ListenMethods):
         isolation: str | None = None,
         readonly: bool = False,
         timeout: float | None = None,
+        resolve: bool = False,
     ) -> AbstractAsyncContextManager[Transaction]:
         """``async with db.transaction() as tx:`` runs ``tx.fetch`` / ``execute`` / ... on one
         connection, committed when the block ends, rolled back if it raises.
@@ -165,10 +189,16 @@ class Database(CopyMethods, ListenMethods):
         ``isolation`` is ``"read_committed"``, ``"repeatable_read"``, ``"serializable"`` or
         ``"read_uncommitted"`` where the backend has them; ``readonly`` opens a read-only
         transaction; ``timeout`` bounds getting a connection. ``tx.transaction()`` nests a
-        savepoint.
+        savepoint. ``resolve=True`` (PostgreSQL) answers a lost COMMIT by asking the server:
+        committed, the block succeeds; rolled back, ``TransactionLost``; otherwise
+        ``OutcomeUnknown`` (guide: "When the outcome is unknown").
         """
         return _tx_block.transaction(
-            self._engine, isolation=isolation, readonly=readonly, timeout=timeout
+            self._engine,
+            isolation=isolation,
+            readonly=readonly,
+            timeout=timeout,
+            resolve=_tx_block.check_resolve(self._engine, resolve, default=False),
         )
 
     async def run_in_transaction(
@@ -180,6 +210,7 @@ class Database(CopyMethods, ListenMethods):
         timeout: float | None = None,
         isolation: str | None = None,
         readonly: bool = False,
+        resolve: bool | None = None,
     ) -> T:
         """``await fn(tx, *args)`` in a transaction, re-run whole when that is safe.
 
@@ -198,6 +229,7 @@ class Database(CopyMethods, ListenMethods):
             timeout=timeout,
             isolation=isolation,
             readonly=readonly,
+            resolve=resolve,
         )
 
     # -- the engine ---------------------------------------------------------------------------
@@ -264,6 +296,19 @@ class Database(CopyMethods, ListenMethods):
     async def close(self) -> None:
         """Alias of :meth:`aclose` (asyncpg's and psycopg_pool's name)."""
         await self.aclose()
+
+    async def _once(
+        self,
+        op: str,
+        query: QueryLike,
+        args: tuple[Any, ...],
+        timeout: float | None,
+        idempotent: bool | None,
+        column: int = 0,
+    ) -> Any:
+        family = self._engine.backend.facts.family
+        sql, args = prepare(query, args, family, many=op == "executemany")  # nothing sent yet
+        return await _once.run_once(self._engine, op, sql, args, timeout, idempotent, column)
 
     async def health(self, timeout: float | None = None) -> HealthReport:
         """This backend's :class:`HealthReport` (see ``Supervisor.health``); never raises for

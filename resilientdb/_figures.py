@@ -25,6 +25,7 @@ from .events import (
     ErrorOccurred,
     EventBus,
     OperationReplayed,
+    OutcomeResolved,
     Reconnected,
     ReconnectFailed,
 )
@@ -49,6 +50,10 @@ class Figures:
         self.replays = 0
         self.outcome_unknown = 0
         self.timeouts = 0
+        # Lost COMMITs whose outcome was asked of the server, by answer.
+        self.resolved_committed = 0
+        self.resolved_aborted = 0
+        self.resolved_unknown = 0
         self.state_since = time.monotonic()
         self.time_in_state: dict[State, float] = dict.fromkeys(State, 0.0)
         self._down_since: float | None = None
@@ -120,6 +125,25 @@ class Figures:
         """An ``OutcomeUnknown`` was raised to a caller of this backend."""
         self.outcome_unknown += 1
 
+    def resolved(self, outcome: str, xid: str, waited: float, cause: BaseException) -> None:
+        """Count a lost COMMIT's resolution (``committed``, ``aborted`` or ``unknown``) and
+        announce it (``OutcomeResolved``)."""
+        if outcome == "committed":
+            self.resolved_committed += 1
+        elif outcome == "aborted":
+            self.resolved_aborted += 1
+        else:
+            self.resolved_unknown += 1
+        self.bus.emit(
+            OutcomeResolved(
+                backend=self.name,
+                outcome=outcome,
+                transaction_id=xid,
+                waited=waited,
+                cause=describe(cause),
+            )
+        )
+
     def statistics(self, now: float | None = None) -> BackendStatistics:
         """This backend's figures now (no I/O)."""
         now = time.monotonic() if now is None else now
@@ -138,6 +162,9 @@ class Figures:
             downtime=self.downtime,
             releasing=len(self._cleanups),
             time_in_state=in_state,
+            resolved_committed=self.resolved_committed,
+            resolved_aborted=self.resolved_aborted,
+            resolved_unknown=self.resolved_unknown,
         )
 
     def _pool_statistics(self) -> PoolStats:

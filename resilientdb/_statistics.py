@@ -49,6 +49,10 @@ class BackendStatistics:
     downtime: float  # seconds since the backend was last connected (0 when connected)
     releasing: int  # connections being given back in the background (after a timeout)
     time_in_state: Mapping[State, float]
+    # Lost COMMITs resolved by asking the server, by its answer (PostgreSQL, ``resolve=``).
+    resolved_committed: int = 0
+    resolved_aborted: int = 0
+    resolved_unknown: int = 0
 
     @property
     def waiting(self) -> int:

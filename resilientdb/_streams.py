@@ -223,6 +223,7 @@ class Stream:
         conn = tx._conn
         if tx.dropped:
             await tx.close_dropped(self._bound())
+        tx.note_sent(_OP, self._query)  # a streamed ``... RETURNING`` writes
         try:
             cursor = await _streams(self._engine.backend).open_cursor(
                 conn, self._query, self._args, begin=None, end=None, timeout=self._bound()

@@ -52,6 +52,11 @@ class TxState(enum.Enum):
     CLOSED = "closed"  # the block ended
 
 
+# Operations that count as writes whatever their text says (a batch; COPY, whose "query" is
+# a table or a copy-out the verdict does not see whole).
+_WRITES = frozenset({"executemany", "copy"})
+
+
 class Transaction(TransactionCopy):
     """The handle of an open transaction: ``tx.fetch``, ``fetchrow``, ``fetchval``,
     ``execute``, ``executemany``, and ``tx.transaction()`` for a nested savepoint.
@@ -73,6 +78,7 @@ class Transaction(TransactionCopy):
         "committing",
         "dropped",
         "state",
+        "wrote",
     )  # fmt: skip
 
     def __init__(
@@ -91,6 +97,9 @@ class Transaction(TransactionCopy):
         # Cursors of streams dropped unfinished (``_streams.py``), closed before the next
         # statement: the connection is the caller's, so nothing may run on it in between.
         self.dropped: list[Cursor] = []
+        # A statement that may write was sent (anything but a plain read by its text, the raw
+        # connection handed out): only then is the transaction's id worth learning.
+        self.wrote = False
 
     @property
     def lost(self) -> BaseException | None:
@@ -101,6 +110,7 @@ class Transaction(TransactionCopy):
     def connection(self) -> Any:
         """The raw driver connection the transaction runs on."""
         self._check()
+        self.wrote = True  # whatever is done on it is out of sight
         return self._engine.backend.raw(self._conn)
 
     # -- the calls ---------------------------------------------------------------------------
@@ -148,6 +158,15 @@ class Transaction(TransactionCopy):
             self._engine, sql, args, batch=batch, timeout=timeout, idempotent=None, tx=self
         )
 
+    def note_sent(self, op: str, query: str) -> None:
+        """Record that ``query`` is about to be sent in this transaction: one that may write
+        makes the transaction's id worth learning before COMMIT (``_tx_commit.py``). Every
+        path that sends on the transaction's connection calls this (statements, streams,
+        COPY); a missed write would let a lost COMMIT pass for a read-only one."""
+        if not self.wrote:
+            v = verdict(query, self._engine.backend.facts.family)  # cached per text
+            self.wrote = op in _WRITES or not v.read_only or bool(v.lookup) or v.locks
+
     def transaction(self) -> AbstractAsyncContextManager[Transaction]:
         """A nested block, as a savepoint: rolled back alone if the block raises."""
         self._check()
@@ -181,6 +200,7 @@ class Transaction(TransactionCopy):
         backend = self._engine.backend
         family = backend.facts.family
         query, args = prepare(text, args, family, many=op == "executemany")
+        self.note_sent(op, query)
         if family == "postgresql" and begins_with_commit(query, family):
             await self._refuse_if_failed(op, kw.get("timeout"))
         try:
@@ -299,12 +319,7 @@ class Transaction(TransactionCopy):
         """The connection died: discard it and return the error to raise (TransactionLost, or
         OutcomeUnknown when part of the transaction may have been committed)."""
         engine = self._engine
-        engine.backend.discard(self._conn)
-        self._mark(TxState.LOST, exc)
-        if isinstance(exc, TimeoutError):
-            engine.monitor.report_suspect(self._generation, exc, where)
-        else:
-            engine.monitor.report_lost(self._generation, exc, where)
+        self.drop(exc, where)
         if self.committed_early or committing:
             engine.monitor.count_outcome_unknown()
             err: BaseException = OutcomeUnknown(
@@ -319,6 +334,16 @@ class Transaction(TransactionCopy):
             )
         err.__cause__ = exc
         return err
+
+    def drop(self, exc: BaseException, where: str) -> None:
+        """The connection died: discard it, mark the handle LOST, report to the monitor."""
+        engine = self._engine
+        engine.backend.discard(self._conn)
+        self._mark(TxState.LOST, exc)
+        if isinstance(exc, TimeoutError):
+            engine.monitor.report_suspect(self._generation, exc, where)
+        else:
+            engine.monitor.report_lost(self._generation, exc, where)
 
     def _mark(self, state: TxState, cause: BaseException | None) -> None:
         if self.state is TxState.OPEN:

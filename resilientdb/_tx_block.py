@@ -9,11 +9,12 @@ rollback and release go to the background.
 ``run_in_transaction`` builds on the handle's facts: it runs the callable again after
 ``TransactionLost`` (rolled back before COMMIT was sent), after a lost race (deadlock,
 serialization failure, lock wait timeout: rolled back whole), and after a lost COMMIT only
-when the caller says the callable is idempotent. Never after an implicit commit, unless
-idempotent. Its ``timeout`` bounds the whole call, the callable included: past it the
-transaction is abandoned (rolled back by the server) and ``DatabaseUnavailable`` raised, or
-``OutcomeUnknown`` when COMMIT was already in flight. Once an attempt may have been applied,
-the final error is ``OutcomeUnknown``.
+when the caller says the callable is idempotent, or when the server says the lost COMMIT
+rolled back (``resolve``, on by default where the backend can tell: ``_tx_commit.py``).
+Never after an implicit commit, unless idempotent. Its ``timeout`` bounds the whole call,
+the callable included: past it the transaction is abandoned (rolled back by the server) and
+``DatabaseUnavailable`` raised, or ``OutcomeUnknown`` when COMMIT was already in flight.
+Once an attempt may have been applied, the final error is ``OutcomeUnknown``.
 """
 
 from __future__ import annotations
@@ -24,16 +25,18 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar, cast
 
+from . import _outcomes
 from ._engine import deadline_after
 from ._redact import describe
 from ._transaction import Transaction, TxState
+from ._tx_commit import commit, unknown
 from .backends.base import ErrorKind
 from .errors import DatabaseUnavailable, OutcomeUnknown, TransactionLost, TransactionRolledBack
 
 if TYPE_CHECKING:
     from ._engine import Engine
 
-__all__ = ["normalize_isolation", "run_in_transaction", "transaction"]
+__all__ = ["check_resolve", "normalize_isolation", "run_in_transaction", "transaction"]
 
 T = TypeVar("T")
 
@@ -51,9 +54,30 @@ def normalize_isolation(isolation: str | None) -> str | None:
     return level
 
 
+def check_resolve(engine: Engine, resolve: bool | None, *, default: bool) -> bool:
+    """``resolve=`` checked against what the backend can do; ``None`` is ``default`` where
+    it can (PostgreSQL), off elsewhere."""
+    if resolve is None:
+        return default and _outcomes.supports(engine)
+    if not isinstance(resolve, bool):
+        raise TypeError(f"resolve must be True, False or None, not {resolve!r}")
+    if resolve and not _outcomes.supports(engine):
+        raise ValueError(
+            f"backend {engine.name!r}: resolve=True needs a backend that can tell what became "
+            f"of a lost COMMIT (PostgreSQL, or outcome_markers=True on MySQL/MariaDB and "
+            f"SQLite); pass resolve=False or leave it None"
+        )
+    return resolve
+
+
 @asynccontextmanager
 async def transaction(
-    engine: Engine, *, isolation: str | None, readonly: bool, timeout: float | None
+    engine: Engine,
+    *,
+    isolation: str | None,
+    readonly: bool,
+    timeout: float | None,
+    resolve: bool = False,
 ) -> AsyncIterator[Transaction]:
     """The body of ``Database.transaction()``."""
     begin = engine.backend.begin_statements(normalize_isolation(isolation), readonly)
@@ -64,6 +88,8 @@ async def transaction(
         async with joined.transaction() as tx:
             yield tx
         return
+    if resolve:  # checked once per backend, outside any transaction
+        resolve = await _outcomes.ready(engine, deadline)
     cm, tx = await _open(engine, begin, deadline)
     token = engine.join(tx)
     failure: BaseException | None = None
@@ -78,10 +104,10 @@ async def transaction(
                 and isinstance(exc, Exception)
             ):
                 # The block failed, but part of it committed already: that is the truth.
-                raise _unknown(engine, exc, "the block failed after part of it committed") from exc
+                raise unknown(engine, exc, "the block failed after part of it committed") from exc
             raise
         try:
-            await _commit(engine, tx)
+            await commit(engine, tx, resolve)
         except BaseException as exc:
             failure = exc
             raise
@@ -128,49 +154,6 @@ async def _open(
         return cm, Transaction(engine, conn, generation, begin)
 
 
-async def _commit(engine: Engine, tx: Transaction) -> None:
-    backend = engine.backend
-    if tx.state is not TxState.OPEN:
-        try:
-            tx._check()  # raises why there is nothing to commit
-        except (TransactionLost, TransactionRolledBack) as exc:
-            if tx.committed_early:
-                raise _unknown(engine, exc, "part of it committed before it was lost") from exc
-            raise
-    if tx.dropped:
-        await tx.close_dropped(None)  # a stream dropped unfinished: its cursor first
-    tx.committing = True
-    try:
-        result = await tx._conn.execute("COMMIT")
-    except Exception as exc:
-        lost = isinstance(exc, TimeoutError) or (
-            backend.classify(exc, tx._conn) is ErrorKind.CONNECTION
-        )
-        if lost:
-            lost_err = tx.lose(exc, "COMMIT", committing=not backend.unsent(exc))
-            raise lost_err from lost_err.__cause__
-        # The server refused to commit (a serialization failure, a deferred constraint, a
-        # busy database): nothing was written, unless a statement committed earlier.
-        tx._mark(TxState.ROLLED_BACK, exc)
-        if tx.committed_early:
-            raise _unknown(engine, exc, "COMMIT failed after part of it committed") from exc
-        raise
-    if not backend.commit_applied(result):
-        failed = tx._failed
-        tx._mark(TxState.ROLLED_BACK, failed)
-        err: BaseException = TransactionRolledBack(
-            f"backend {engine.name!r}: COMMIT did not commit: the server had rolled the "
-            f"transaction back after an error inside it was caught"
-            + (f" ({describe(failed)})" if failed else "")
-            + "; nothing of it was written"
-        )
-        if tx.committed_early:
-            err = _unknown(engine, err, "it was rolled back after part of it committed")
-        raise err from failed
-    tx.committing = False
-    tx.committed = True
-
-
 async def _finish(
     engine: Engine,
     cm: AbstractAsyncContextManager[Any],
@@ -209,13 +192,6 @@ async def _finish(
         await cm.__aexit__(None, None, None)
 
 
-def _unknown(engine: Engine, exc: BaseException, why: str) -> OutcomeUnknown:
-    engine.monitor.count_outcome_unknown()
-    err = OutcomeUnknown(f"backend {engine.name!r}: transaction outcome unknown: {why} ({exc})")
-    err.__cause__ = exc
-    return err
-
-
 class _Run:
     """One attempt of ``run_in_transaction``: its handle and what the callable returned."""
 
@@ -236,8 +212,10 @@ async def run_in_transaction(
     timeout: float | None,
     isolation: str | None,
     readonly: bool,
+    resolve: bool | None = None,
 ) -> T:
     """The body of ``Database.run_in_transaction()``."""
+    resolve = check_resolve(engine, resolve, default=True)
     if not callable(fn):
         raise TypeError("run_in_transaction takes an async callable fn(tx, *args)")
     if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
@@ -257,7 +235,9 @@ async def run_in_transaction(
         try:
             async with (
                 scope,
-                transaction(engine, isolation=isolation, readonly=readonly, timeout=None) as tx,
+                transaction(
+                    engine, isolation=isolation, readonly=readonly, timeout=None, resolve=resolve
+                ) as tx,
             ):
                 run.tx = tx
                 run.result = await fn(tx, *args)
@@ -314,7 +294,7 @@ def _raise_unless_retryable(
         raise err from err.__cause__
     tx = run.tx
     if tx is not None and tx.committed_early and not idempotent:
-        raise _unknown(engine, exc, "a lost race after part of it committed") from exc
+        raise unknown(engine, exc, "a lost race after part of it committed") from exc
 
 
 def _past_deadline(
@@ -327,7 +307,7 @@ def _past_deadline(
     """The call's deadline passed: raise what that means for what was applied."""
     tx = run.tx
     if tx is not None and (tx.committing or tx.committed_early):
-        raise _unknown(engine, exc, f"the deadline ({timeout}s) passed during COMMIT")
+        raise unknown(engine, exc, f"the deadline ({timeout}s) passed during COMMIT")
     raise _final(
         engine,
         DatabaseUnavailable(
@@ -349,4 +329,4 @@ def _final(
         exc.__cause__ = cause
     if applied is None or isinstance(exc, OutcomeUnknown):
         return exc
-    return _unknown(engine, exc, f"an earlier attempt may have been applied ({describe(applied)})")
+    return unknown(engine, exc, f"an earlier attempt may have been applied ({describe(applied)})")

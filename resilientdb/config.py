@@ -111,6 +111,14 @@ class Options:
     """Seconds an authentication failure is retried like an outage (callers wait at the
     gate) once the backend has been connected, before ``failed``: a rotated password whose
     secret store lags causes no errors. At first start a wrong password fails at once."""
+    outcome_markers: bool = False
+    """MySQL/MariaDB and SQLite: resolve a lost COMMIT with a marker row that the transaction
+    inserts just before COMMIT into the table ``resilientdb_outcomes`` (created on first use),
+    so that ``run_in_transaction`` can tell what happened (PostgreSQL asks its own
+    transaction status and ignores this)."""
+    outcome_retention: float = 86_400.0
+    """Seconds a marker row is kept before the background sweep removes it; must exceed the
+    longest call's deadline."""
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -252,6 +260,15 @@ def _memory_actions(name: str, value: Any) -> Any:
     return frozenset(value)
 
 
+def _retention(name: str, value: Any) -> Any:
+    _seconds(name, value)
+    if value < 60:
+        raise ConfigurationError(
+            f"{name} must be at least 60 seconds (longer than any call's deadline), not {value!r}"
+        )
+    return value
+
+
 def _reader(name: str, value: Any) -> Any:
     if value is not None and not callable(value):
         raise ConfigurationError(f"{name} must be a callable returning (rss, limit)")
@@ -291,6 +308,8 @@ _CHECKS: dict[str, Callable[[str, Any], Any]] = {
     "memory_reader": _reader,
     "password": check_password,
     "auth_grace": _grace,
+    "outcome_markers": _flag,
+    "outcome_retention": _retention,
 }
 # A field added to Options without a check would be stored unchecked: fail at import instead.
 assert _CHECKS.keys() == {f.name for f in dataclasses.fields(Options)}

@@ -31,6 +31,7 @@ __all__ = [
     "MemoryPressure",
     "NotificationsMissed",
     "OperationReplayed",
+    "OutcomeResolved",
     "ReconnectFailed",
     "Reconnected",
     "Reconnecting",
@@ -222,6 +223,26 @@ class NotificationsMissed(Event):
         return (
             f"backend {self.backend!r} notifications on {', '.join(self.channels)} {what} "
             f"({self.reason}){why}"
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class OutcomeResolved(Event):
+    """A connection was lost during COMMIT and the server was asked what became of the
+    transaction: ``outcome`` is ``"committed"`` (the call succeeded), ``"aborted"`` (nothing
+    was applied) or ``"unknown"`` (``OutcomeUnknown`` unless a re-run was allowed)."""
+
+    outcome: str
+    transaction_id: str
+    waited: float  # seconds spent asking
+    cause: str  # what lost the COMMIT
+
+    level = logging.WARNING
+
+    def message(self) -> str:
+        return (
+            f"backend {self.backend!r} lost COMMIT of transaction {self.transaction_id} "
+            f"({self.cause}): resolved {self.outcome} after {self.waited:.3f}s"
         )
 
 

@@ -15,6 +15,8 @@ Per backend::
     db.client.connection.wait_time          {"sum": seconds, "count": n} spent waiting at the gate
     reconnects, replays, outcome_unknown    counters
     time_in_state                           {"connected": seconds, ...} since start
+    resolved                                {"committed": n, "aborted": n, "unknown": n}:
+                                            lost COMMITs resolved by asking the server
 """
 
 from __future__ import annotations
@@ -47,6 +49,11 @@ def as_dict(st: BackendStatistics) -> dict[str, Any]:
         "replays": st.replays,
         "outcome_unknown": st.outcome_unknown,
         "time_in_state": {s.value: round(t, 6) for s, t in st.time_in_state.items()},
+        "resolved": {
+            "committed": st.resolved_committed,
+            "aborted": st.resolved_aborted,
+            "unknown": st.resolved_unknown,
+        },
     }
 
 

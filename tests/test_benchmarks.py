@@ -67,6 +67,8 @@ def test_overhead_quick(out: Path) -> None:
     require_postgres()
     require(MariaDBServer.BINARIES, "MariaDB")
     data = _run(out, "overhead")
+    for tasks in (1, 32):  # the cost of resolving lost COMMITs: both contenders ran
+        assert data["resolve"][f"transfer @{tasks}"]["time_ratio"] > 0
     for backend in ("postgres", "mariadb", "sqlite"):
         cases = [v for v in data[backend].values() if "time_ratio" in v]
         assert len(cases) == 4  # two queries at two concurrencies

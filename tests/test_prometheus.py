@@ -115,6 +115,7 @@ async def test_text_exposition_types_and_help() -> None:
     assert "# TYPE db_client_connection_timeouts_total counter" in text
     assert "# TYPE db_client_connection_wait_time_seconds summary" in text
     assert "# TYPE resilientdb_reconnects_total counter" in text
+    assert 'resilientdb_outcome_resolved_total{outcome="committed",pool_name="main"} 0.0' in text
     assert 'resilientdb_state{pool_name="main",state="closed"} 1.0' in text
     assert 'db_client_connection_count{pool_name="main",state="idle"} 0.0' in text
 
@@ -144,6 +145,8 @@ async def test_stats_snapshot_keeps_its_keys_and_adds_wait_time() -> None:
         "replays",
         "outcome_unknown",
         "time_in_state",
+        "resolved",
     }
+    assert stats["main"]["resolved"] == {"committed": 0, "aborted": 0, "unknown": 0}
     assert set(stats["main"]["db.client.connection.wait_time"]) == {"sum", "count"}
     assert stats["main"]["time_in_state"]["connected"] > 0

@@ -194,10 +194,11 @@ async def test_run_in_transaction_lost_commit(pg: PostgresServer) -> None:
 
                     asyncio.get_running_loop().call_soon(lambda: asyncio.ensure_future(heal()))
 
+            # resolve=False: the paths without asking the server (tests/test_outcomes_pg.py).
             with pytest.raises(OutcomeUnknown):
-                await sup.db.run_in_transaction(work, True)
+                await sup.db.run_in_transaction(work, True, resolve=False)
             assert calls == 1  # not idempotent: never re-run after a lost COMMIT
             await asyncio.sleep(1.2)
             calls = 0
-            await sup.db.run_in_transaction(work, True, idempotent=True, timeout=20)
+            await sup.db.run_in_transaction(work, True, idempotent=True, timeout=20, resolve=False)
             assert calls == 2  # idempotent: re-run after the lost COMMIT

@@ -28,6 +28,7 @@ __all__ = [
     "Maintains",
     "PoolClosed",
     "PoolStats",
+    "ResolvesOutcomes",
     "Streams",
     "TrimsIdle",
     "is_client_error",
@@ -267,6 +268,19 @@ class Streams(Protocol):
     ) -> Cursor:
         """Send ``query`` (after ``begin``, when given) on a cursor that reads its result in
         batches; ``end`` is what closing the cursor sends to end what ``begin`` opened."""
+
+
+class ResolvesOutcomes(Protocol):
+    """Optional adapter capability (PostgreSQL): learn a transaction's id before COMMIT, and
+    ask the server afterwards what became of it (``_outcomes.py``)."""
+
+    async def transaction_mark(self, conn: Connection) -> tuple[str | None, str]:
+        """The open transaction's id (``None``: it has none) and the server run's identity."""
+        ...
+
+    async def transaction_status(self, conn: Connection, xid: str) -> tuple[str | None, str]:
+        """``"committed"``, ``"aborted"``, ``"in progress"``, ``"future"`` or ``None``, and
+        the server run's identity."""
         ...
 
 

@@ -19,6 +19,8 @@ name as ``pool_name``:
 - ``resilientdb_reconnects_total``, ``resilientdb_replays_total``,
   ``resilientdb_outcome_unknown_total`` (counters)
 - ``resilientdb_time_in_state_seconds_total{state=...}`` (counter)
+- ``resilientdb_outcome_resolved_total{outcome=...}`` (counter): lost COMMITs resolved by
+  asking the server (``committed``, ``aborted``, ``unknown``)
 
 The first four are the OpenTelemetry database-client metrics with Prometheus's naming rules
 applied (dots to underscores, ``_total`` on counters, the unit as a suffix).
@@ -76,6 +78,12 @@ class ResilientDBCollector:
             f.unknown.add_metric([name], st.outcome_unknown)
             for state, seconds in st.time_in_state.items():
                 f.time_in_state.add_metric([name, state.value], seconds)
+            for outcome, n in (
+                ("committed", st.resolved_committed),
+                ("aborted", st.resolved_aborted),
+                ("unknown", st.resolved_unknown),
+            ):
+                f.resolved.add_metric([name, outcome], n)
         yield from f.all()
 
 
@@ -130,6 +138,11 @@ class _Families:
             "Seconds spent in each state since the supervisor started.",
             labels=["pool_name", "state"],
         )
+        self.resolved = CounterMetricFamily(
+            "resilientdb_outcome_resolved",
+            "Lost COMMITs resolved by asking the server, by its answer.",
+            labels=["pool_name", "outcome"],
+        )
 
     def all(self) -> list[Metric]:
         return [
@@ -144,6 +157,7 @@ class _Families:
             self.replays,
             self.unknown,
             self.time_in_state,
+            self.resolved,
         ]
 
 

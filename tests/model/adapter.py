@@ -31,6 +31,8 @@ class ModelBackend:
         self.facts = FACTS[self.server.flavor]
         if self.server.flavor == "postgresql":
             self.harmless_functions = self._harmless_functions
+            self.transaction_mark = self._transaction_mark
+            self.transaction_status = self._transaction_status
         self._idle: list[ModelConnection] = []
         self._opened = False
         self._generation = 0
@@ -140,6 +142,14 @@ class ModelBackend:
         self, conn: Any, names: frozenset[str]
     ) -> tuple[frozenset[str], frozenset[str]]:
         return frozenset(names & {"stable_fn"}), frozenset()
+
+    async def _transaction_mark(self, conn: Any) -> tuple[str | None, str]:
+        xid, run = await conn.fetchrow("SELECT xact_mark()")
+        return xid, run
+
+    async def _transaction_status(self, conn: Any, xid: str) -> tuple[str | None, str]:
+        status, run = await conn.fetchrow("SELECT xact_status($1)", xid)
+        return status, run
 
 
 register("model", ModelBackend)

@@ -98,6 +98,10 @@ class Server:
         self.flavor = flavor
         self.committed: list[str] = []
         self.down_until = 0.0
+        # Transaction ids (PostgreSQL): assigned at a transaction's first write, and what
+        # became of each (a lost COMMIT is resolved by asking).
+        self.next_xid = 100
+        self.xacts: dict[int, str] = {}
 
     @property
     def up(self) -> bool:
@@ -116,6 +120,7 @@ class ModelConnection:
         self.readonly = False
         self.in_tx_status = False
         self.savepoints: dict[str, int] = {}
+        self.xid: int | None = None
 
     def is_closed(self) -> bool:
         return self.closed
@@ -282,6 +287,10 @@ class ModelConnection:
             return [(v,) for v in [*self.server.committed, *(self.tx or [])]]
         if u == "DO 0":
             return "DO"
+        if u == "SELECT XACT_MARK()":
+            return [(None if self.xid is None else str(self.xid), "run 1")]
+        if u == "SELECT XACT_STATUS($1)":
+            return [(self.server.xacts.get(int(args[0]), "future"), "run 1")]
         if u in ("SELECT 1", "SELECT STABLE_FN()"):
             return [(1,)]
         raise QueryError(f"syntax error: {st}")
@@ -293,6 +302,9 @@ class ModelConnection:
             raise WriteRefused("cannot execute INSERT in a read-only transaction")
         if self.tx is not None:
             self.tx.append(ident)
+            if self.xid is None:
+                self.xid, self.server.next_xid = self.server.next_xid, self.server.next_xid + 1
+                self.server.xacts[self.xid] = "in progress"
         else:
             self.server.committed.append(ident)
 
@@ -315,13 +327,19 @@ class ModelConnection:
         self.tx, self.readonly, self.aborted = [], readonly, False
         self.savepoints.clear()
 
+    def _end(self, outcome: str) -> None:
+        if self.xid is not None:
+            self.server.xacts[self.xid] = outcome
+        self.xid = None
+        self.tx, self.readonly, self.aborted = None, False, False
+
     def _commit(self) -> None:
         if self.tx:
             self.server.committed.extend(self.tx)
-        self.tx, self.readonly, self.aborted = None, False, False
+        self._end("committed")
 
     def _rollback(self) -> None:
-        self.tx, self.readonly, self.aborted = None, False, False
+        self._end("aborted")
 
     def die(self) -> None:
         """The connection goes: the server rolls back what it had open."""

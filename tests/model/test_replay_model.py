@@ -8,6 +8,10 @@ applied the statement, during COMMIT, mid-batch, on a later statement of a text,
 kind, outages) against the in-memory server of ``server.py``, which records what was
 applied. After each mix, whatever each call reported must be true:
 
+A lost COMMIT of ``run_in_transaction`` (and of ``transaction(resolve=True)``) is resolved
+on the ``postgresql`` flavour by asking the server what became of the transaction id learned
+before COMMIT (the question meets scripted faults too).
+
 * success: every write of the call applied exactly once (at least once if idempotent);
 * ``OutcomeUnknown`` or cancelled: every write applied at most once (any if idempotent);
 * any other error (``DatabaseUnavailable``, ``TransactionLost``, ``TransactionRolledBack``,
@@ -68,6 +72,8 @@ OP_KINDS = (
     "tx_caught",
     "run",
     "joined",
+    "tx_resolve",
+    "once",
 )
 INSERT = "INSERT INTO log VALUES ($1)"
 _ids = itertools.count()
@@ -84,8 +90,9 @@ class Op:
 
     def __post_init__(self) -> None:
         writes = {"write": 1, "write_fn": 1, "side_fn": 1, "multi": 2, "multi_commit": 2}
+        writes |= {"once": 1}
         writes |= {"batch": 3, "tx": 2, "run": 2}
-        writes |= {"tx_ddl": 2, "tx_caught": 2, "joined": 2}
+        writes |= {"tx_ddl": 2, "tx_caught": 2, "joined": 2, "tx_resolve": 2}
         self.ids = [f"id{next(_ids)}" for _ in range(writes.get(self.kind, 0))]
 
 
@@ -112,6 +119,8 @@ async def run_op(db: Any, op: Op) -> Any:
         return await db.execute(INSERT, ids[0], idempotent=op.idempotent, **kw)
     if k == "read":
         return await db.fetch("SELECT v FROM log", idempotent=op.idempotent, **kw)
+    if k == "once":  # ValueError where the backend cannot resolve: nothing applied
+        return await db.execute(INSERT, ids[0], exactly_once=True, **kw)
     if k == "write_fn":
         return await db.fetchval(f"SELECT write_fn('{ids[0]}')", idempotent=op.idempotent, **kw)
     if k == "side_fn":
@@ -132,8 +141,10 @@ async def run_op(db: Any, op: Op) -> Any:
             return len(ids)
 
         return await db.run_in_transaction(work, idempotent=bool(op.idempotent), **kw)
-    async with db.transaction() as tx:
-        if k == "tx":
+    # tx_resolve: a lost COMMIT is resolved by asking the server, where it can tell.
+    resolve = k == "tx_resolve" and getattr(db._engine.backend, "transaction_mark", None)
+    async with db.transaction(resolve=bool(resolve)) as tx:
+        if k in ("tx", "tx_resolve"):
             for i in ids:
                 await tx.execute(INSERT, i)
         elif k == "tx_ddl":
@@ -188,7 +199,10 @@ async def scenario(flavor: str, mix: list[Op]) -> None:
                 elapsed = loop.time() - started
                 if op.cancel_after is not None and isinstance(outcome, asyncio.CancelledError):
                     assert elapsed <= op.cancel_after + SLACK, f"{op}: cancel took {elapsed:.2f}s"
-                if op.timeout is not None and op.kind not in ("tx", "tx_ddl", "tx_caught"):
+                # db.transaction() blocks: their timeout bounds the open only (and run_op
+                # passes none to them).
+                unbounded = ("tx", "tx_ddl", "tx_caught", "tx_resolve", "joined")
+                if op.timeout is not None and op.kind not in unbounded:
                     assert elapsed <= op.timeout + SLACK, f"{op}: took {elapsed:.2f}s"
             for _ in range(100):  # background releases finish (bounded)
                 if db.statistics().pool.in_use == 0 and not db.statistics().releasing:
@@ -221,7 +235,23 @@ KNOWN = [
     [_op("tx_ddl", (2, "query", 0.0))],  # a failed implicit commit, then the error raised
     [_op("tx_ddl", (3, "lost_before", 0.0))],  # lost after the implicit commit
     [_op("run", (3, "lost_before", 0.0))],  # ... and re-run by run_in_transaction
-    [_op("run", (3, "lost_after", 0.0))],  # COMMIT applied, its reply lost
+    [_op("run", (3, "lost_after", 0.0))],
+    # Resolution (PostgreSQL). The first resolving call checks once, outside a transaction,
+    # that the server can answer (statement 0); then BEGIN 1, the INSERTs 2 and 3, the id
+    # question 4, COMMIT 5, the question after a lost COMMIT 6:
+    [_op("run", (5, "lost_after", 0.0))],  # committed, the reply lost: success, once
+    [_op("run", (5, "lost_before", 0.0))],  # lost before the server ran it: re-run
+    [_op("run", (5, "lost_after", 0.0), (6, "lost_before", 0.0))],  # the question lost too
+    [_op("run", (5, "lost_after", 0.4), timeout=0.25)],  # no answer within the deadline
+    [_op("run", (5, "lost_after", 0.0), (6, "query", 0.0))],  # the server refuses to say
+    [_op("run", (5, "hang_before", 0.0))],  # COMMIT timed out unapplied: aborted, re-run
+    [_op("run", (4, "lost_before", 0.0))],  # lost while learning the id: re-run
+    [_op("run", (0, "lost_after", 0.0), (4, "lost_after", 0.0))],  # the check lost: unresolved
+    [_op("tx_resolve", (5, "lost_after", 0.0))],
+    [_op("tx_resolve", (5, "lost_before", 0.0))],
+    [_op("run", (2, "query", 0.0))],  # failed: the id question refused, no COMMIT sent
+    [_op("once", (4, "lost_after", 0.0))],  # exactly_once: check, BEGIN, INSERT, id, COMMIT
+    [_op("once", (4, "lost_before", 0.0))],
     [_op("tx_caught")],  # COMMIT answered ROLLBACK
     [_op("write", (0, "lost_after", 0.4), idempotent=True, timeout=0.25)],  # then unavailable
     [_op("write_fn", (0, "lost_after", 0.0))],  # a SELECT that writes
@@ -253,3 +283,33 @@ def test_what_each_call_reports_is_what_was_applied(flavor: str) -> None:
     for mix in KNOWN:
         run = example(mix=mix)(run)
     run()
+
+
+@pytest.mark.parametrize(
+    ("fault", "result", "how"),
+    [
+        ((5, "lost_after", 0.0), 2, "committed"),  # applied, reply lost: success, no re-run
+        ((5, "lost_before", 0.0), 2, "aborted"),  # never ran: re-run, applied once
+        ((4, "lost_after", 0.0), 2, None),  # lost while learning the id: re-run, no question
+    ],
+)
+def test_a_lost_commit_is_resolved(fault: tuple[int, str, float], result: int, how: str) -> None:
+    """The shapes above reach the resolution (the counters say so), not just a safe error."""
+
+    async def main() -> None:
+        name = f"resolve{next(_ids)}"
+        server = SERVERS[name] = Server("postgresql")
+        op = _op("run", fault)
+        try:
+            async with Supervisor(f"model://{name}", **OPTIONS) as sup:
+                async with scripted(op.faults):
+                    assert await run_op(sup.db, op) == result
+                st = sup.db.statistics()
+                counts = (st.resolved_committed, st.resolved_aborted, st.resolved_unknown)
+                assert counts == (how == "committed", how == "aborted", 0)
+                assert st.outcome_unknown == 0
+        finally:
+            del SERVERS[name]
+        assert sorted(server.committed) == sorted(op.ids)
+
+    asyncio.run(main())

@@ -42,6 +42,7 @@ from ..base import (
     Maintains,
     PoolClosed,
     PoolStats,
+    ResolvesOutcomes,
     Streams,
     TrimsIdle,
 )
@@ -78,6 +79,24 @@ ROLE = (
     "SELECT pg_catalog.pg_is_in_recovery(), "
     "pg_catalog.current_setting('default_transaction_read_only')::bool"
 )
+# The transaction's id, if it has one (it has one once it wrote), and which run of the server
+# answered: an id is only meaningful to the server run that assigned it (see _outcomes.py).
+# A run is the postmaster's start and the last reset of the shared statistics: a crashed
+# backend makes the postmaster reinitialise and replay WAL without restarting (the start
+# time stays) and reuse the ids whose records were not flushed; that recovery discards the
+# statistics, which sets their reset time.
+_RUN = (
+    "pg_catalog.pg_postmaster_start_time()::text || ' ' || "
+    "coalesce((SELECT stats_reset FROM pg_catalog.pg_stat_bgwriter)::text, '')"
+)
+_MARK = {
+    True: f"SELECT pg_catalog.pg_current_xact_id_if_assigned()::text, {_RUN}",
+    False: f"SELECT pg_catalog.txid_current_if_assigned()::text, {_RUN}",
+}
+_STATUS = {
+    True: f"SELECT pg_catalog.pg_xact_status($1::text::xid8), {_RUN}",
+    False: f"SELECT pg_catalog.txid_status($1::text::bigint), {_RUN}",
+}
 _VOLATILE_OPERATORS = (
     "SELECT DISTINCT o.oprname::text FROM pg_catalog.pg_operator o "
     "JOIN pg_catalog.pg_proc p ON p.oid = o.oprcode WHERE p.provolatile = 'v'"
@@ -379,6 +398,31 @@ class PostgresBackend(Classifies):
             frozenset(op for (op,) in operators),
         )
 
+    async def transaction_mark(self, conn: Connection) -> tuple[str | None, str]:
+        """Inside a transaction: its id (``None`` when it has none: it wrote nothing) and
+        which run of the server assigned it. Sent just before COMMIT."""
+        raw = cast("asyncpg.Connection[asyncpg.Record]", conn)
+        row = await raw.fetchrow(_MARK[raw.get_server_version().major >= 13])
+        assert row is not None
+        return row[0], row[1]
+
+    async def transaction_status(self, conn: Connection, xid: str) -> tuple[str | None, str]:
+        """What the server says of transaction ``xid``: ``"committed"``, ``"aborted"``,
+        ``"in progress"``, ``"future"`` (the server never assigned it) or ``None`` (too old
+        to tell); and which run of the server answered."""
+        raw = cast("asyncpg.Connection[asyncpg.Record]", conn)
+        bound = self.options.connect_timeout
+        query = _STATUS[raw.get_server_version().major >= 13]
+        try:
+            row = await raw.fetchrow(query, xid, timeout=bound)
+        except pgexc.PostgresError as exc:
+            if exc.sqlstate == "22023" and "in the future" in str(exc):
+                run = await raw.fetchval(f"SELECT {_RUN}", timeout=bound)
+                return "future", str(run)
+            raise
+        assert row is not None
+        return row[0], row[1]
+
     def stats(self) -> PoolStats:
         pool, opts = self._pool, self.options
         size, idle = (0, 0) if pool is None else (pool.get_size(), pool.get_idle_size())
@@ -400,5 +444,7 @@ class PostgresBackend(Classifies):
 
 if TYPE_CHECKING:  # mypy checks the adapter against the protocols it implements
 
-    def _conforms(backend: PostgresBackend) -> tuple[Backend, Maintains, Streams, TrimsIdle]:
-        return backend, backend, backend, backend
+    def _conforms(
+        backend: PostgresBackend,
+    ) -> tuple[Backend, Maintains, Streams, TrimsIdle, ResolvesOutcomes]:
+        return backend, backend, backend, backend, backend
