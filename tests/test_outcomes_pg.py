@@ -555,3 +555,44 @@ async def test_an_id_given_again_after_a_crash_is_never_trusted(ledger: Postgres
                 await sup.db.run_in_transaction(work, timeout=30)
             assert ours[0] in others  # the id was given again: the fault really happened
             assert sup.db.statistics().resolved_unknown == 1
+
+
+@pytest.mark.parametrize("how", ["copy", "stream"])
+async def test_a_write_by_copy_or_stream_is_resolved_not_taken_for_a_read(
+    ledger: PostgresServer, how: str
+) -> None:
+    """The transaction's only write is a COPY or a streamed ``INSERT ... RETURNING``, and its
+    COMMIT is lost before the server ran it: the transaction wrote, so it is resolved
+    (aborted) and run again, never passed off as a lost COMMIT of plain reads (which would
+    report success with nothing written)."""
+    tag = f"by {how}"
+    async with FaultProxy(ledger.host, ledger.port) as proxy, _supervised(ledger, proxy) as sup:
+        calls = 0
+
+        async def cut() -> None:
+            proxy.set_latency(0.5)  # COMMIT waits in the proxy; the connection dies first
+
+            async def later() -> None:
+                await asyncio.sleep(0.15)
+                proxy.reset()
+                proxy.set_latency(0)
+
+            asyncio.get_running_loop().create_task(later())
+
+        async def work(tx: Any) -> int:
+            nonlocal calls
+            calls += 1
+            if how == "copy":
+                await tx.copy_records_to_table("moves", records=[(tag,)], columns=["tag"])
+            else:
+                query = "INSERT INTO moves (tag) VALUES ($1) RETURNING seq"
+                async for _ in tx.iterate(query, tag):
+                    pass
+            if calls == 1:
+                _on_commit(tx, cut)
+            return calls
+
+        assert await sup.db.run_in_transaction(work, timeout=20) == 2
+        assert proxy.stats.resets >= 1
+        assert sup.db.statistics().resolved_aborted == 1
+    assert await _count(ledger, tag) == 1
