@@ -46,6 +46,7 @@ from ..base import (
     Streams,
     TrimsIdle,
 )
+from . import catalog
 from .errors import ERRORS, auth_refused, explain
 from .pool import (
     SESSION_SETTINGS,
@@ -70,36 +71,10 @@ FACTS = BackendFacts(
     readonly_guard=("BEGIN READ ONLY", "ROLLBACK"),
     stream_in_transaction=True,
 )
-_FUNCTIONS = (
-    "SELECT p.proname::text, bool_or(p.provolatile = 'v') FROM pg_catalog.pg_proc p "
-    "WHERE p.proname::text = ANY($1::text[]) GROUP BY p.proname"
-)
 # The node's role: a standby replays WAL; a fenced primary has default_transaction_read_only.
 ROLE = (
     "SELECT pg_catalog.pg_is_in_recovery(), "
     "pg_catalog.current_setting('default_transaction_read_only')::bool"
-)
-# The transaction's id, if it has one (it has one once it wrote), and which run of the server
-# answered: an id is only meaningful to the server run that assigned it (see _outcomes.py).
-# A run is the postmaster's start and the last reset of the shared statistics: a crashed
-# backend makes the postmaster reinitialise and replay WAL without restarting (the start
-# time stays) and reuse the ids whose records were not flushed; that recovery discards the
-# statistics, which sets their reset time.
-_RUN = (
-    "pg_catalog.pg_postmaster_start_time()::text || ' ' || "
-    "coalesce((SELECT stats_reset FROM pg_catalog.pg_stat_bgwriter)::text, '')"
-)
-_MARK = {
-    True: f"SELECT pg_catalog.pg_current_xact_id_if_assigned()::text, {_RUN}",
-    False: f"SELECT pg_catalog.txid_current_if_assigned()::text, {_RUN}",
-}
-_STATUS = {
-    True: f"SELECT pg_catalog.pg_xact_status($1::text::xid8), {_RUN}",
-    False: f"SELECT pg_catalog.txid_status($1::text::bigint), {_RUN}",
-}
-_VOLATILE_OPERATORS = (
-    "SELECT DISTINCT o.oprname::text FROM pg_catalog.pg_operator o "
-    "JOIN pg_catalog.pg_proc p ON p.oid = o.oprcode WHERE p.provolatile = 'v'"
 )
 
 
@@ -389,39 +364,16 @@ class PostgresBackend(Classifies):
         self, conn: Connection, names: frozenset[str]
     ) -> tuple[frozenset[str], frozenset[str]]:
         """Of ``names``, those with no VOLATILE overload; the VOLATILE operators' names."""
-        raw = cast("asyncpg.Connection[asyncpg.Record]", conn)
-        bound = self.options.connect_timeout
-        rows = await raw.fetch(_FUNCTIONS, sorted(names), timeout=bound)
-        operators = await raw.fetch(_VOLATILE_OPERATORS, timeout=bound)
-        return (
-            frozenset(name for name, volatile in rows if not volatile),
-            frozenset(op for (op,) in operators),
-        )
+        return await catalog.harmless_functions(conn, names, self.options.connect_timeout)
 
     async def transaction_mark(self, conn: Connection) -> tuple[str | None, str]:
         """Inside a transaction: its id (``None`` when it has none: it wrote nothing) and
         which run of the server assigned it. Sent just before COMMIT."""
-        raw = cast("asyncpg.Connection[asyncpg.Record]", conn)
-        row = await raw.fetchrow(_MARK[raw.get_server_version().major >= 13])
-        assert row is not None
-        return row[0], row[1]
+        return await catalog.transaction_mark(conn)
 
     async def transaction_status(self, conn: Connection, xid: str) -> tuple[str | None, str]:
-        """What the server says of transaction ``xid``: ``"committed"``, ``"aborted"``,
-        ``"in progress"``, ``"future"`` (the server never assigned it) or ``None`` (too old
-        to tell); and which run of the server answered."""
-        raw = cast("asyncpg.Connection[asyncpg.Record]", conn)
-        bound = self.options.connect_timeout
-        query = _STATUS[raw.get_server_version().major >= 13]
-        try:
-            row = await raw.fetchrow(query, xid, timeout=bound)
-        except pgexc.PostgresError as exc:
-            if exc.sqlstate == "22023" and "in the future" in str(exc):
-                run = await raw.fetchval(f"SELECT {_RUN}", timeout=bound)
-                return "future", str(run)
-            raise
-        assert row is not None
-        return row[0], row[1]
+        """What the server says of transaction ``xid`` (``catalog.transaction_status``)."""
+        return await catalog.transaction_status(conn, xid, self.options.connect_timeout)
 
     def stats(self) -> PoolStats:
         pool, opts = self._pool, self.options
