@@ -474,9 +474,9 @@ async def test_a_server_without_the_functions_loses_nothing(
     """A server that speaks PostgreSQL's protocol without the transaction-id functions: the
     check made once, outside any transaction, turns resolution off; transactions still
     commit (the question is never asked inside one, where its error would abort it)."""
-    from resilientdb.backends.postgres import backend as pg_backend
+    from resilientdb.backends.postgres import catalog as pg_catalog
 
-    monkeypatch.setitem(pg_backend._MARK, True, "SELECT pg_catalog.no_such_function()")
+    monkeypatch.setitem(pg_catalog._MARK, True, "SELECT pg_catalog.no_such_function()")
     async with Supervisor(ledger.dsn(), max_size=2) as sup:
         for _ in range(2):
             await sup.db.run_in_transaction(
