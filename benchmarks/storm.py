@@ -11,7 +11,10 @@ Each shape runs with ``Backoff(jitter=0)`` and with the default backoff (±20 % 
 alternating order. The proxy's counters are sampled every 20 ms: connection attempts per
 100 ms, and its open client connections (the peak is the most connections the database saw
 at once). Attempts are bounded by backoff steps per supervisor: about 7 in 3 s (50 ms
-doubling, capped at 1 s), whatever the number of callers.
+doubling, capped at 1 s), whatever the number of callers. Between attempts each supervisor
+knocks on the port (a bare TCP connect, no handshake, every 25 ms) to reconnect as soon as
+the server is back: the proxy sees those too; they are counted apart (``knocks``) and left
+out of the attempts.
 
 Run alone: ``python -m benchmarks.storm [--quick]``.
 """
@@ -50,12 +53,25 @@ async def _caller(
                 await stop.wait()
 
 
+def _knocks(sups: list[Supervisor]) -> int:
+    """TCP knocks made by the supervisors' monitors (``resilientdb._reach``): the proxy
+    counts them as connections too, but they carry no handshake."""
+    return sum(m.reach.knocks for sup in sups for m in sup._monitors.values())
+
+
 async def _sample(
-    proxy: FaultProxy, stop: asyncio.Event, out: list[tuple[float, int, int]]
+    proxy: FaultProxy,
+    stop: asyncio.Event,
+    out: list[tuple[float, int, int]],
+    knocks: Callable[[], int],
+    knocked: list[int],
 ) -> None:
     while not stop.is_set():
         st = proxy.stats
-        out.append((now(), st.connection_attempts, st.active_connections))
+        k = knocks()
+        # Connection attempts = the proxy's accepted connections less the knocks: handshakes.
+        out.append((now(), st.connection_attempts - k, st.active_connections))
+        knocked.append(k)
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(SAMPLE):
                 await stop.wait()
@@ -69,6 +85,7 @@ async def run_one(shape: str, backoff: Backoff, s: Settings) -> dict[str, Any]:
     errors: Counter[str] = Counter()
     attempts_per_sup: list[int] = []
     samples: list[tuple[float, int, int]] = []
+    knocked: list[int] = []
     stop, stop_sampling = asyncio.Event(), asyncio.Event()
     async with FaultProxy(server.host, server.port) as proxy:
         dsn = with_host(parse_dsn(server.dsn()), proxy.host, proxy.port)
@@ -82,7 +99,9 @@ async def run_one(shape: str, backoff: Backoff, s: Settings) -> dict[str, Any]:
         try:
             await asyncio.gather(*(sup.start() for sup in sups))
             await asyncio.gather(*(sup.wait_until_connected(timeout=30) for sup in sups))
-            sampler = asyncio.create_task(_sample(proxy, stop_sampling, samples))
+            sampler = asyncio.create_task(
+                _sample(proxy, stop_sampling, samples, lambda: _knocks(sups), knocked)
+            )
             rng = random.Random()
             pause = (lambda: rng.uniform(0, 1.0)) if shape == "callers" else (lambda: 0.1)
             tasks = [
@@ -110,6 +129,7 @@ async def run_one(shape: str, backoff: Backoff, s: Settings) -> dict[str, Any]:
                 await asyncio.gather(*(sup.aclose() for sup in sups))
     summary = _summary(samples, t_stop, t_up, t_all, n_sup, callers, errors, attempts_per_sup)
     summary["pool_max_size"] = size["max_size"]
+    summary["knocks"] = knocked[-1] - knocked[0] if knocked else 0
     return summary
 
 

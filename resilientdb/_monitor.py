@@ -30,6 +30,7 @@ from typing import cast
 
 from ._figures import Figures
 from ._gate import Gate
+from ._reach import Reach, tcp_addresses
 from ._redact import describe
 from ._states import Action, Signal, State, transition
 from ._tasks import Spawn, finish, spawn_unowned
@@ -66,6 +67,8 @@ class Monitor(Figures):
         self._checked: asyncio.Future[None] | None = None  # set while a check is pending
         self._spawn: Spawn = spawn_unowned
         self._stopping = False  # set by aclose: the loop ends even if a cancel was swallowed
+        # Knocks on the server's port between attempts (none for SQLite): see _reach.
+        self.reach = Reach(tcp_addresses(backend))
         backend.set_connect_gate(self._pool_may_connect)
 
     def _pool_may_connect(self) -> bool:
@@ -184,6 +187,7 @@ class Monitor(Figures):
         for action in actions:
             if action is Action.RESET_ATTEMPTS:
                 self.attempts = 0
+                self.reach.reset()
             elif action is Action.RETRY:
                 self._next_delay = self.options.backoff.delay(self.attempts, self._rng)
             elif action is Action.SLOW_PROBE:
@@ -241,8 +245,12 @@ class Monitor(Figures):
                         await self._check()
                     continue
                 # Always yields, even at zero delay: a probe that fails without awaiting
-                # must not starve the loop.
-                await asyncio.sleep(self._next_delay)
+                # must not starve the loop. The backoff step ends early when the server's
+                # port comes back (FAILED keeps its slow interval: a permanent error).
+                if self.state is State.FAILED:
+                    await asyncio.sleep(self._next_delay)
+                else:
+                    await self.reach.wait(self._next_delay)
                 if self.gate.state is not State.CLOSED:  # closed while sleeping
                     await self._attempt()
             except asyncio.CancelledError:

@@ -20,7 +20,7 @@ from typing import Any, cast
 
 import aiosqlite
 
-from ..._row import make_rows
+from ..._row import make_rows, row_type
 from .._kit.pool import CLOSE_TIMEOUT
 from .errors import WAIT_CODES, DatabaseFileMoved, error_code
 
@@ -150,7 +150,7 @@ class SQLiteConnection:
                     return None
                 if op == FETCHVAL:
                     return row[column]
-                return make_rows([d[0] for d in cur.description], [row])[0]
+                return row_type([d[0] for d in cur.description])(row)
             finally:
                 cur.close()
         finally:
