@@ -30,7 +30,7 @@ from typing import cast
 
 from ._figures import Figures
 from ._gate import Gate
-from ._reach import Reach, tcp_addresses
+from ._reach import Reach, hello_for, tcp_addresses
 from ._redact import describe
 from ._states import Action, Signal, State, transition
 from ._tasks import Spawn, finish, spawn_unowned
@@ -68,7 +68,9 @@ class Monitor(Figures):
         self._spawn: Spawn = spawn_unowned
         self._stopping = False  # set by aclose: the loop ends even if a cancel was swallowed
         # Knocks on the server's port between attempts (none for SQLite): see _reach.
-        self.reach = Reach(tcp_addresses(backend))
+        self.reach = Reach(
+            tcp_addresses(backend), hello_for(backend), options.backoff.jitter, self._rng
+        )
         backend.set_connect_gate(self._pool_may_connect)
 
     def _pool_may_connect(self) -> bool:
@@ -275,6 +277,7 @@ class Monitor(Figures):
         except Exception as exc:
             self.attempts += 1
             self.gate.last_error = exc
+            self.reach.failed(exc)
             self._error("connect", exc)
             if backend.classify_connect(exc) is ErrorKind.PERMANENT:
                 await self._signal(Signal.CONNECT_PERMANENT, exc)

@@ -2,38 +2,49 @@
 
 A reconnect attempt is a full handshake (TLS, authentication, a server process); the backoff
 spaces them out (50 ms doubling to 1 s), so a server that comes back just after an attempt
-waits up to a whole step for the next one. A plain TCP connect costs the server almost
-nothing, so while the supervisor waits out a step it knocks on the server's port every
-``KNOCK_INTERVAL``, and when a knock gets through after one that did not (the port came
-back), the next attempt starts at once instead of at the end of the step.
+waits up to a whole step for the next one. A knock (a TCP connect and the protocol's first
+exchange, below) costs a server that is down nothing, so while the supervisor waits out a
+step it knocks on the server's port every ``KNOCK_INTERVAL``, and when a knock gets an
+answer after one that did not (the server came back), the next attempt starts at once
+instead of at the end of the step.
 
 Handshakes stay on the backoff schedule otherwise: a server that accepts TCP but fails the
-handshake (wrong password, too many clients) never shortens a step. Only the transition
-"not reachable -> reachable" does, and it is followed by a few quick attempts
-(``FOLLOW_UPS``: after 25, 50, 100, 200 ms) because a server's port opens a little before it
-accepts sessions (PostgreSQL's "the database system is starting up").
+handshake (wrong password, too many clients) never shortens a step, and is knocked on less
+and less often within a step (25, 50, 100 ms ... apart: a PostgreSQL postmaster forks a
+process for every connection it accepts, knocks included). Only the transition "no answer
+-> answer" shortens a step. A few quick attempts follow it (``FOLLOW_UPS``:
+100, 200, 400, 800 ms apart, with the backoff's jitter, no knocking), because a server's
+port opens a little before it accepts sessions (PostgreSQL's "the database system is
+starting up"). A quick attempt refused or reset at the TCP level ends them: the knock
+misjudged.
 
-A knock counts as "reachable" when the connect is accepted and the connection is neither
-closed nor reset within ``SETTLE`` (a proxy or load balancer whose target is down accepts,
-then resets); data from the server (MySQL's greeting) counts as reachable at once. The
-connection is closed with a reset, so that it leaves no TIME_WAIT behind and no session.
+A knock is a TCP connect plus the protocol's first exchange, the cheapest answer that only
+the server itself can give: PostgreSQL's 8-byte SSLRequest, answered with one byte before
+any authentication; MySQL's greeting, which the server sends unprompted. An answer counts as
+reachable; a refusal, a reset or a close (a proxy or load balancer whose target is down
+accepts, then resets), or silence past ``ANSWER_BOUND`` (a partition, a hung server) count as
+not. The connection is then closed with a reset: no TIME_WAIT left behind, no session.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import socket
 import struct
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["KNOCK_INTERVAL", "Reach", "knock", "tcp_addresses"]
+__all__ = ["KNOCK_INTERVAL", "Reach", "hello_for", "knock", "tcp_addresses"]
 
 KNOCK_INTERVAL = 0.025  # seconds between two knocks while a backoff step is waited out
 CONNECT_BOUND = 0.25  # a TCP connect not accepted within this counts as unreachable
-SETTLE = 0.015  # an accepted connection reset within this counts as unreachable
-FOLLOW_UPS = 4  # quick attempts after the port came back: KNOCK_INTERVAL * 2**k
+ANSWER_BOUND = 0.25  # a server that has not answered within this counts as unreachable
+# What a knock sends: PostgreSQL's SSLRequest (length 8, code 80877103); MySQL speaks first.
+HELLO = {"postgres": struct.pack("!ii", 8, 80877103), "mysql": b""}
+FOLLOW_UPS = 4  # quick attempts after the port came back, FOLLOW_FIRST * 2**k apart
+FOLLOW_FIRST = 0.1  # at most one handshake per supervisor per 100 ms, as the backoff's first
 DEFAULT_PORTS = {"postgres": 5432, "mysql": 3306}
 # Settings that route a connection elsewhere than the URL's host and port: no knocking then.
 _ROUTING = frozenset({"host", "port", "hostaddr", "unix_socket", "socket", "service"})
@@ -58,6 +69,11 @@ def tcp_addresses(backend: Any) -> tuple[tuple[str, int], ...]:
     return ((host.strip("[]"), int(port)),)
 
 
+def hello_for(backend: Any) -> bytes:
+    """What a knock on ``backend``'s server sends first (empty: the server speaks first)."""
+    return HELLO.get(getattr(getattr(backend, "dsn", None), "backend", None) or "", b"")
+
+
 async def _resolve(host: str, port: int) -> list[tuple[int, Any]]:
     """(family, sockaddr) of ``host``: an IP literal without a trip to the resolver."""
     for family in (socket.AF_INET, socket.AF_INET6):
@@ -76,37 +92,32 @@ async def _resolve(host: str, port: int) -> list[tuple[int, Any]]:
     return seen
 
 
-async def knock(host: str, port: int) -> bool | None:
-    """Whether something at ``host:port`` accepts a TCP connection and keeps it (see the
-    module docstring), trying each address the name resolves to; None when it does not
-    resolve (cannot tell)."""
+async def knock(host: str, port: int, hello: bytes = b"") -> bool | None:
+    """Whether the server at ``host:port`` answers (see the module docstring), trying each
+    address the name resolves to; None when it does not resolve (cannot tell)."""
     addresses = await _resolve(host, port)
     if not addresses:
         return None
     for family, address in addresses:
-        if await _knock_one(family, address):
+        if await _knock_one(family, address, hello):
             return True
     return False
 
 
-async def _knock_one(family: int, address: Any) -> bool:
+async def _knock_one(family: int, address: Any, hello: bytes) -> bool:
     loop = asyncio.get_running_loop()
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setblocking(False)
-        try:
-            async with asyncio.timeout(CONNECT_BOUND):
-                await loop.sock_connect(sock, address)
-        except (OSError, TimeoutError):
-            return False  # refused, unreachable, or no answer (a partition)
-        try:
-            async with asyncio.timeout(SETTLE):
-                data = await loop.sock_recv(sock, 1)
-        except TimeoutError:
-            return True  # open and silent: a server waiting for the client to speak
-        except OSError:
-            return False  # reset at once: a proxy whose target is down
-        return bool(data)  # closed at once (b""): nothing behind it
+        async with asyncio.timeout(CONNECT_BOUND):
+            await loop.sock_connect(sock, address)
+        if hello:
+            await loop.sock_sendall(sock, hello)
+        async with asyncio.timeout(ANSWER_BOUND):
+            # One byte: 'S'/'N' to an SSLRequest, the start of a greeting; b"" is a close.
+            return bool(await loop.sock_recv(sock, 1))
+    except (OSError, TimeoutError):
+        return False  # refused, reset, unreachable, or no answer in time
     finally:
         with contextlib.suppress(OSError):
             # A reset, not a FIN: no TIME_WAIT for every knock, and the server drops it.
@@ -114,14 +125,35 @@ async def _knock_one(family: int, address: Any) -> bool:
         sock.close()
 
 
+def _refused(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what it wraps) is a TCP connection refused, reset or aborted."""
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        if isinstance(cur, ConnectionRefusedError | ConnectionResetError | ConnectionAbortedError):
+            return True
+        seen.add(id(cur))
+        cur = cur.__cause__ or cur.__context__
+    return False
+
+
 class Reach:
     """The knocking between attempts of one backend (its Monitor's)."""
 
-    __slots__ = ("_down", "_follow", "addresses", "knocks")
+    __slots__ = ("_down", "_follow", "_jitter", "_rng", "addresses", "hello", "knocks")
 
-    def __init__(self, addresses: tuple[tuple[str, int], ...]) -> None:
+    def __init__(
+        self,
+        addresses: tuple[tuple[str, int], ...],
+        hello: bytes = b"",
+        jitter: float = 0.0,
+        rng: random.Random | None = None,
+    ) -> None:
         self.addresses = addresses
+        self.hello = hello  # what a knock sends first (see HELLO)
         self.knocks = 0  # knocks made, for tests and figures
+        self._jitter = jitter  # the backoff's: spreads a fleet's quick attempts
+        self._rng = rng or random.Random()
         self._down = False  # the last knock found nobody there
         self._follow: int | None = None  # quick attempts made since the port came back
 
@@ -130,21 +162,33 @@ class Reach:
         self._down = False
         self._follow = None
 
+    def failed(self, exc: BaseException) -> None:
+        """An attempt failed with ``exc``. Refused or reset before the server said anything:
+        the port is not really back (a knock misjudged a slow proxy's reset), so no quick
+        attempts; knock again."""
+        if self._follow is not None and _refused(exc):
+            self._follow = None
+            self._down = True
+
     async def wait(self, delay: float) -> None:
         """Wait ``delay`` seconds (a backoff step), or less: until the port comes back, or
         until the next quick attempt after it came back. Without addresses, a plain sleep."""
         if not self.addresses or delay <= 0:
             await asyncio.sleep(delay)  # always yields, even at zero delay
             return
-        loop = asyncio.get_running_loop()
-        start = loop.time()
-        deadline = start + delay
         if self._follow is not None:
             if self._follow < FOLLOW_UPS:
-                deadline = start + min(delay, KNOCK_INTERVAL * 2**self._follow)
+                # The port is open: no knocking (each knock would cost the server a process
+                # now), only the next quick attempt, spread like the backoff's.
+                quick = FOLLOW_FIRST * 2**self._follow
+                quick *= 1.0 + self._rng.uniform(-self._jitter, self._jitter)
                 self._follow += 1
-            else:
-                self._follow = None  # the backoff alone from here
+                await asyncio.sleep(min(delay, quick))
+                return
+            self._follow = None  # the backoff alone from here
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + delay
+        interval = KNOCK_INTERVAL
         while True:
             now = loop.time()
             if now >= deadline:
@@ -155,23 +199,24 @@ class Reach:
             except TimeoutError:
                 return  # the step is over: the attempt is due
             if up is False:
-                if self._follow is not None:
-                    # Gone again: no more quick attempts, the step as the backoff set it.
-                    self._follow = None
-                    deadline = start + delay
                 self._down = True
             elif up and self._down:
                 self._down = False
                 self._follow = 0
                 return  # the port came back: attempt now
-            await asyncio.sleep(max(0.0, min(deadline, now + KNOCK_INTERVAL) - loop.time()))
+            else:
+                # It answers (the handshake failed for another reason), or the name does not
+                # resolve: knock less and less often within the step, so that a server that
+                # answers is spared most knocks.
+                interval *= 2
+            await asyncio.sleep(max(0.0, min(deadline, now + interval) - loop.time()))
 
     async def _knock_any(self) -> bool | None:
         """True if any address is reachable; False if none is; None if none could tell."""
         seen: bool | None = None
         for host, port in self.addresses:
             self.knocks += 1
-            up = await knock(host, port)
+            up = await knock(host, port, self.hello)
             if up:
                 return True
             if up is False:

@@ -14,10 +14,12 @@ import pytest
 from harness.polling import until
 from harness.servers import PostgresServer
 from resilientdb import Backoff, State, events
-from resilientdb._reach import Reach, knock, tcp_addresses
+from resilientdb._reach import HELLO, Reach, hello_for, knock, tcp_addresses
 from resilientdb.config import parse_dsn, with_host
 from resilientdb.testing import FaultProxy
 from tests.handles import Recorder, adapter, supervised
+
+PG_HELLO = HELLO["postgres"]
 
 
 def free_port() -> int:
@@ -28,7 +30,8 @@ def free_port() -> int:
 
 
 class Listener:
-    """A TCP server on loopback that accepts and stays silent, or greets, or hangs up."""
+    """A TCP server on loopback: ``pg`` answers an SSLRequest with b"N", ``greet`` speaks
+    first (MySQL), ``silent`` accepts and never answers, ``hangup`` accepts and closes."""
 
     def __init__(self, behaviour: str) -> None:
         self.behaviour = behaviour
@@ -42,13 +45,19 @@ class Listener:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.accepted += 1
-        if self.behaviour == "greet":
-            writer.write(b"hello")
-        if self.behaviour == "hangup":
+        try:
+            if self.behaviour == "greet":
+                writer.write(b"hello")
+            elif self.behaviour == "pg":
+                if await reader.readexactly(8) == PG_HELLO:
+                    writer.write(b"N")
+            elif self.behaviour == "hangup":
+                return
+            await reader.read()  # until the knock goes away
+        except (OSError, asyncio.IncompleteReadError):
+            pass
+        finally:
             writer.close()
-            return
-        await reader.read()  # until the knock goes away
-        writer.close()
 
     async def stop(self) -> None:
         if self.server is not None:
@@ -57,44 +66,41 @@ class Listener:
 
 
 @pytest.fixture
-async def silent() -> AsyncIterator[tuple[Listener, int]]:
-    listener = Listener("silent")
+async def pg_like() -> AsyncIterator[tuple[Listener, int]]:
+    listener = Listener("pg")
     port = await listener.start()
     yield listener, port
     await listener.stop()
 
 
-async def test_knock_tells_open_from_closed_reset_and_hung_up(
-    silent: tuple[Listener, int],
+async def test_knock_tells_an_answer_from_refused_reset_closed_and_silent(
+    pg_like: tuple[Listener, int],
 ) -> None:
-    listener, port = silent
-    assert await knock("127.0.0.1", port) is True  # accepted, silent: a PostgreSQL
+    listener, port = pg_like
+    assert await knock("127.0.0.1", port, PG_HELLO) is True  # PostgreSQL: b"N"
     assert listener.accepted == 1
-    greeter = Listener("greet")
-    try:
-        assert await knock("127.0.0.1", await greeter.start()) is True  # a MySQL greeting
-    finally:
-        await greeter.stop()
-    hangup = Listener("hangup")
-    try:
-        assert await knock("127.0.0.1", await hangup.start()) is False  # nothing behind it
-        assert hangup.accepted == 1
-    finally:
-        await hangup.stop()
+    for behaviour, expected in (("greet", True), ("hangup", False), ("silent", False)):
+        other = Listener(behaviour)
+        try:
+            assert await knock("127.0.0.1", await other.start()) is expected, behaviour
+            assert other.accepted == 1
+        finally:
+            await other.stop()
     assert await knock("127.0.0.1", free_port()) is False  # refused
     assert await knock("no-such-host.invalid", 5432) is None  # cannot tell
 
 
-async def test_knock_through_a_fault_proxy(silent: tuple[Listener, int]) -> None:
-    _, port = silent
+async def test_knock_through_a_fault_proxy(pg_like: tuple[Listener, int]) -> None:
+    _, port = pg_like
     async with FaultProxy("127.0.0.1", port) as proxy:
-        assert await knock(proxy.host, proxy.port) is True
+        assert await knock(proxy.host, proxy.port, PG_HELLO) is True
+        proxy.blackhole()  # a partition: accepted, never answered
+        assert await knock(proxy.host, proxy.port, PG_HELLO) is False
         proxy.refuse()
-        assert await knock(proxy.host, proxy.port) is False
-        assert proxy.stats.refused == 1
-    dead = free_port()
-    async with FaultProxy("127.0.0.1", dead) as proxy:  # passing, to a port nobody serves
-        assert await knock(proxy.host, proxy.port) is False
+        assert await knock(proxy.host, proxy.port, PG_HELLO) is False
+        assert proxy.stats.refused == 2  # the held one (blackhole) and the knock
+    async with FaultProxy("127.0.0.1", free_port()) as proxy:  # to a port nobody serves
+        assert await knock(proxy.host, proxy.port, PG_HELLO) is False
         assert proxy.connection_attempts == 1
 
 
@@ -113,56 +119,69 @@ def test_tcp_addresses_only_for_one_plain_tcp_address() -> None:
     assert tcp_addresses(Backend("mysql://u@db/x?unix_socket=/tmp/s")) == ()
     assert tcp_addresses(Backend("sqlite:///tmp/x.db")) == ()
     assert tcp_addresses(object()) == ()
+    assert hello_for(Backend("postgresql://u@h/x")) == PG_HELLO
+    assert hello_for(Backend("mysql://u@h/x")) == b""
+    assert hello_for(object()) == b""
 
 
-async def test_a_step_is_not_shortened_while_the_port_stays_open(
-    silent: tuple[Listener, int],
+async def test_a_step_is_not_shortened_while_the_server_answers(
+    pg_like: tuple[Listener, int],
 ) -> None:
-    """A server that accepts TCP but fails the handshake keeps the backoff's pace."""
-    listener, port = silent
-    reach = Reach((("127.0.0.1", port),))
+    """A server that accepts TCP but fails the handshake keeps the backoff's pace, and is
+    knocked on less and less often (a knock costs a PostgreSQL server a process): at 0, 25,
+    75, 175 ms, not every 25 ms."""
+    listener, port = pg_like
+    reach = Reach((("127.0.0.1", port),), PG_HELLO)
     started = time.monotonic()
     await reach.wait(0.3)
     assert time.monotonic() - started >= 0.29
-    assert reach.knocks >= 3 and listener.accepted >= 3
+    assert 2 <= reach.knocks <= 5 and listener.accepted == reach.knocks
 
 
 async def test_a_step_ends_when_the_port_comes_back() -> None:
     port = free_port()
-    reach = Reach((("127.0.0.1", port),))
-    listener = Listener("silent")
+    reach = Reach((("127.0.0.1", port),), PG_HELLO)
+    listener = Listener("pg")
     waiting = asyncio.create_task(reach.wait(30.0))
     try:
         await asyncio.sleep(0.2)
         assert not waiting.done()
-        knocks = reach.knocks
-        assert knocks >= 2  # refused, refused, ...
+        assert reach.knocks >= 2  # refused, refused, ...
         await listener.start(port)
         async with asyncio.timeout(10):  # far below the 30 s step
             await waiting
         assert listener.accepted >= 1
-        # Then quick follow-ups (the server may still be starting up): 25 ms, 50 ms, ...
-        started = time.monotonic()
-        await reach.wait(30.0)
-        await reach.wait(30.0)
-        assert time.monotonic() - started < 10
     finally:
         waiting.cancel()
         await listener.stop()
 
 
-async def test_follow_ups_stop_when_the_port_goes_away_again(
-    silent: tuple[Listener, int],
-) -> None:
-    listener, port = silent
-    reach = Reach((("127.0.0.1", port),))
-    reach._down = True  # as after refused knocks
-    await reach.wait(30.0)  # the port is open: returns at once
-    await listener.stop()  # gone again
-    waiting = asyncio.create_task(reach.wait(0.6))
+def test_only_a_refusal_at_the_tcp_level_ends_the_quick_attempts() -> None:
+    reach = Reach((("127.0.0.1", 1),))
+    reach._follow = 1
+    reach.failed(RuntimeError("the database system is starting up"))
+    assert reach._follow == 1  # the server spoke: it is there
+    wrapped = RuntimeError("cannot connect")
+    wrapped.__cause__ = ConnectionResetError(104, "reset by peer")
+    reach.failed(wrapped)
+    assert reach._follow is None and reach._down  # knock again
+
+
+async def test_quick_attempts_after_the_port_came_back_then_the_backoff() -> None:
+    """After the port came back the server may still be starting up: a few quick steps
+    (100, 200, 400, 800 ms), without knocks, then the backoff's own step again."""
+    reach = Reach((("127.0.0.1", free_port()),))
+    reach._follow = 0  # as right after the port came back
     started = time.monotonic()
-    await waiting
-    assert time.monotonic() - started >= 0.55  # back to the backoff's step, not 25 ms
+    for _ in range(4):
+        await reach.wait(30.0)
+    assert time.monotonic() - started < 10  # 1.5 s in all, not 4 x 30 s
+    assert reach.knocks == 0
+    waiting = asyncio.create_task(reach.wait(30.0))
+    await asyncio.sleep(0.3)
+    assert not waiting.done()  # the 30 s step, knocking on a closed port
+    assert reach.knocks >= 2
+    waiting.cancel()
 
 
 async def test_recovery_follows_the_knock_not_the_backoff(pg: PostgresServer) -> None:
