@@ -106,7 +106,10 @@ async def knock(host: str, port: int, hello: bytes = b"") -> bool | None:
 
 async def _knock_one(family: int, address: Any, hello: bytes) -> bool:
     loop = asyncio.get_running_loop()
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock = socket.socket(family, socket.SOCK_STREAM)
+    except OSError:
+        return False  # out of descriptors: cannot tell, and no shortcut taken
     try:
         sock.setblocking(False)
         async with asyncio.timeout(CONNECT_BOUND):

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from harness.polling import until
-from harness.servers import PostgresServer
+from harness.servers import MariaDBServer, PostgresServer
 from resilientdb import Backoff, State, events
 from resilientdb._reach import HELLO, Reach, hello_for, knock, tcp_addresses
 from resilientdb.config import parse_dsn, with_host
@@ -102,6 +102,13 @@ async def test_knock_through_a_fault_proxy(pg_like: tuple[Listener, int]) -> Non
     async with FaultProxy("127.0.0.1", free_port()) as proxy:  # to a port nobody serves
         assert await knock(proxy.host, proxy.port, PG_HELLO) is False
         assert proxy.connection_attempts == 1
+
+
+async def test_knock_on_real_servers(pg: PostgresServer, mariadb: MariaDBServer) -> None:
+    pg_dsn, my_dsn = parse_dsn(pg.dsn()), parse_dsn(mariadb.dsn())
+    assert await knock(pg.host, pg.port, hello_for(type("B", (), {"dsn": pg_dsn})())) is True
+    assert await knock(mariadb.host, mariadb.port, hello_for(type("B", (), {"dsn": my_dsn})()))
+    assert await knock(pg.host, pg.port, b"") is False  # PostgreSQL waits for the client
 
 
 def test_tcp_addresses_only_for_one_plain_tcp_address() -> None:
