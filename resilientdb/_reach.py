@@ -44,7 +44,7 @@ ANSWER_BOUND = 0.25  # a server that has not answered within this counts as unre
 # What a knock sends: PostgreSQL's SSLRequest (length 8, code 80877103); MySQL speaks first.
 HELLO = {"postgres": struct.pack("!ii", 8, 80877103), "mysql": b""}
 FOLLOW_UPS = 4  # quick attempts after the port came back, FOLLOW_FIRST * 2**k apart
-FOLLOW_FIRST = 0.1  # at most one handshake per supervisor per 100 ms, as the backoff's first
+FOLLOW_FIRST = 0.1  # at most about one handshake per supervisor per 100 ms (a fleet)
 DEFAULT_PORTS = {"postgres": 5432, "mysql": 3306}
 # Settings that route a connection elsewhere than the URL's host and port: no knocking then.
 _ROUTING = frozenset({"host", "port", "hostaddr", "unix_socket", "socket", "service"})
