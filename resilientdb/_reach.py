@@ -8,15 +8,15 @@ step it knocks on the server's port every ``KNOCK_INTERVAL``, and when a knock g
 answer after one that did not (the server came back), the next attempt starts at once
 instead of at the end of the step.
 
-Handshakes stay on the backoff schedule otherwise: a server that accepts TCP but fails the
-handshake (wrong password, too many clients) never shortens a step, and is knocked on less
-and less often within a step (25, 50, 100 ms ... apart: a PostgreSQL postmaster forks a
-process for every connection it accepts, knocks included). Only the transition "no answer
--> answer" shortens a step. A few quick attempts follow it (``FOLLOW_UPS``:
-100, 200, 400, 800 ms apart, with the backoff's jitter, no knocking), because a server's
-port opens a little before it accepts sessions (PostgreSQL's "the database system is
-starting up"). A quick attempt refused or reset at the TCP level ends them: the knock
-misjudged.
+Handshakes stay on the backoff schedule otherwise: a server that answers the knock but fails
+the handshake (wrong password, too many clients) never shortens a step, and is knocked on
+once per step at most (a PostgreSQL postmaster forks a process for every connection it
+accepts, and MySQL counts a handshake left unfinished against ``max_connect_errors`` until a
+connection from the same host succeeds). Only the transition "no answer -> answer" shortens
+a step. A few quick attempts follow it (``FOLLOW_UPS``: 100, 200, 400, 800 ms apart, with
+the backoff's jitter, no knocking), because a server's port opens a little before it accepts
+sessions (PostgreSQL's "the database system is starting up"). A quick attempt refused or
+reset at the TCP level ends them: the knock misjudged.
 
 A knock is a TCP connect plus the protocol's first exchange, the cheapest answer that only
 the server itself can give: PostgreSQL's 8-byte SSLRequest, answered with one byte before
@@ -41,6 +41,7 @@ __all__ = ["KNOCK_INTERVAL", "Reach", "hello_for", "knock", "tcp_addresses"]
 KNOCK_INTERVAL = 0.025  # seconds between two knocks while a backoff step is waited out
 CONNECT_BOUND = 0.25  # a TCP connect not accepted within this counts as unreachable
 ANSWER_BOUND = 0.25  # a server that has not answered within this counts as unreachable
+RESOLVE_TTL = 1.0  # a host name is looked up again after this long
 # What a knock sends: PostgreSQL's SSLRequest (length 8, code 80877103); MySQL speaks first.
 HELLO = {"postgres": struct.pack("!ii", 8, 80877103), "mysql": b""}
 FOLLOW_UPS = 4  # quick attempts after the port came back, FOLLOW_FIRST * 2**k apart
@@ -74,21 +75,32 @@ def hello_for(backend: Any) -> bytes:
     return HELLO.get(getattr(getattr(backend, "dsn", None), "backend", None) or "", b"")
 
 
+_resolved: dict[tuple[str, int], tuple[float, list[tuple[int, Any]]]] = {}
+
+
 async def _resolve(host: str, port: int) -> list[tuple[int, Any]]:
-    """(family, sockaddr) of ``host``: an IP literal without a trip to the resolver."""
+    """(family, sockaddr) of ``host``: an IP literal without a trip to the resolver; a name
+    resolved at most once per ``RESOLVE_TTL`` (a knock every 25 ms must not queue a lookup
+    every 25 ms on the executor while DNS is slow or down)."""
     for family in (socket.AF_INET, socket.AF_INET6):
         with contextlib.suppress(OSError):
             socket.inet_pton(family, host)
             return [(family, (host, port))]
     loop = asyncio.get_running_loop()
+    cached = _resolved.get((host, port))
+    if cached is not None and cached[0] > loop.time():
+        return cached[1]
+    seen: list[tuple[int, Any]] = []
+    _resolved[(host, port)] = (loop.time() + RESOLVE_TTL, seen)  # one lookup at a time
     try:
         infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except OSError:
-        return []
-    seen: list[tuple[int, Any]] = []
+        return seen
     for family, _, _, _, address in infos:
         if (family, address) not in seen:
             seen.append((family, address))
+    if len(_resolved) > 256:
+        _resolved.clear()
     return seen
 
 
@@ -191,7 +203,6 @@ class Reach:
             self._follow = None  # the backoff alone from here
         loop = asyncio.get_running_loop()
         deadline = loop.time() + delay
-        interval = KNOCK_INTERVAL
         while True:
             now = loop.time()
             if now >= deadline:
@@ -209,10 +220,10 @@ class Reach:
                 return  # the port came back: attempt now
             else:
                 # It answers (the handshake failed for another reason), or the name does not
-                # resolve: knock less and less often within the step, so that a server that
-                # answers is spared most knocks.
-                interval *= 2
-            await asyncio.sleep(max(0.0, min(deadline, now + interval) - loop.time()))
+                # resolve: the step as the backoff set it, without knocking again.
+                await asyncio.sleep(max(0.0, deadline - loop.time()))
+                return
+            await asyncio.sleep(max(0.0, min(deadline, now + KNOCK_INTERVAL) - loop.time()))
 
     async def _knock_any(self) -> bool | None:
         """True if any address is reachable; False if none is; None if none could tell."""
