@@ -24,6 +24,7 @@ any authentication; MySQL's greeting, which the server sends unprompted. An answ
 reachable; a refusal, a reset or a close (a proxy or load balancer whose target is down
 accepts, then resets), or silence past ``ANSWER_BOUND`` (a partition, a hung server) count as
 not. The connection is then closed with a reset: no TIME_WAIT left behind, no session.
+Supervisors of one process knocking on the same server share their knocks (``shared_knock``).
 """
 
 from __future__ import annotations
@@ -104,6 +105,36 @@ async def _resolve(host: str, port: int) -> list[tuple[int, Any]]:
     return seen
 
 
+_shared: dict[tuple[str, int, bytes], tuple[float, asyncio.Future[bool | None]]] = {}
+
+
+async def shared_knock(host: str, port: int, hello: bytes = b"") -> tuple[bool | None, bool]:
+    """``knock``, shared by every supervisor of the process knocking on the same server: a
+    knock started less than ``KNOCK_INTERVAL`` ago (or still under way) answers for all, so
+    that a hundred supervisors of one process make one knock, not a hundred. The knock runs
+    in its first caller's task (no task of its own to outlive a closing supervisor); if that
+    caller is cancelled, the others get None (cannot tell). Returns the answer and whether
+    this caller sent the knock."""
+    loop = asyncio.get_running_loop()
+    key = (host, port, hello)
+    now = loop.time()
+    recent = _shared.get(key)
+    if recent is not None and now - recent[0] < KNOCK_INTERVAL and recent[1].get_loop() is loop:
+        # Shielded: one waiter cancelled (its supervisor closing) must not touch the others'.
+        return await asyncio.shield(recent[1]), False
+    future: asyncio.Future[bool | None] = loop.create_future()
+    if len(_shared) > 256:
+        _shared.clear()
+    _shared[key] = (now, future)
+    up: bool | None = None
+    try:
+        up = await knock(host, port, hello)
+        return up, True
+    finally:
+        if not future.done():
+            future.set_result(up)
+
+
 async def knock(host: str, port: int, hello: bytes = b"") -> bool | None:
     """Whether the server at ``host:port`` answers (see the module docstring), trying each
     address the name resolves to; None when it does not resolve (cannot tell)."""
@@ -166,7 +197,7 @@ class Reach:
     ) -> None:
         self.addresses = addresses
         self.hello = hello  # what a knock sends first (see HELLO)
-        self.knocks = 0  # knocks made, for tests and figures
+        self.knocks = 0  # knocks sent (not those shared with another), for tests and figures
         self._jitter = jitter  # the backoff's: spreads a fleet's quick attempts
         self._rng = rng or random.Random()
         self._down = False  # the last knock found nobody there
@@ -229,8 +260,8 @@ class Reach:
         """True if any address is reachable; False if none is; None if none could tell."""
         seen: bool | None = None
         for host, port in self.addresses:
-            self.knocks += 1
-            up = await knock(host, port, self.hello)
+            up, sent = await shared_knock(host, port, self.hello)
+            self.knocks += sent
             if up:
                 return True
             if up is False:

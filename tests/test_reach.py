@@ -14,7 +14,7 @@ import pytest
 from harness.polling import until
 from harness.servers import MariaDBServer, PostgresServer
 from resilientdb import Backoff, State, events
-from resilientdb._reach import HELLO, Reach, hello_for, knock, tcp_addresses
+from resilientdb._reach import HELLO, Reach, hello_for, knock, shared_knock, tcp_addresses
 from resilientdb.config import parse_dsn, with_host
 from resilientdb.testing import FaultProxy
 from tests.handles import Recorder, adapter, supervised
@@ -225,3 +225,29 @@ async def test_recovery_follows_the_knock_not_the_backoff(pg: PostgresServer) ->
             # (as many as the backoff alone would have made, only sooner).
             assert reconnected[0].attempts == 2
             assert adapter(sup).opened
+
+
+async def test_supervisors_of_one_process_share_a_knock(pg_like: tuple[Listener, int]) -> None:
+    """A hundred supervisors knocking on the same server make one knock, not a hundred; the
+    knocking one cancelled, the others get "cannot tell" and nothing is left running."""
+    listener, port = pg_like
+    results = await asyncio.gather(*(shared_knock("127.0.0.1", port, PG_HELLO) for _ in range(50)))
+    assert all(up is True for up, _ in results)
+    assert sum(sent for _, sent in results) == 1 and listener.accepted == 1
+
+    silent = Listener("silent")
+    quiet = await silent.start()
+    try:
+        first = asyncio.create_task(shared_knock("127.0.0.1", quiet, PG_HELLO))
+        await asyncio.sleep(0)  # the first one is knocking
+        others = [asyncio.create_task(shared_knock("127.0.0.1", quiet, PG_HELLO)) for _ in range(3)]
+        await asyncio.sleep(0.05)
+        first.cancel()
+        assert [await o for o in others] == [(None, False)] * 3
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        # The knock's socket was closed with it: the server's side of it ends too.
+        await until(lambda: asyncio.all_tasks() == {asyncio.current_task()}, timeout=2)
+        assert silent.accepted == 1
+    finally:
+        await silent.stop()
