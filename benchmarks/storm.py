@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import random
 import sys
+import time
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -86,6 +87,7 @@ async def run_one(shape: str, backoff: Backoff, s: Settings) -> dict[str, Any]:
     attempts_per_sup: list[int] = []
     samples: list[tuple[float, int, int]] = []
     knocked: list[int] = []
+    back: list[float] = []  # wall-clock times of the Reconnected events
     stop, stop_sampling = asyncio.Event(), asyncio.Event()
     async with FaultProxy(server.host, server.port) as proxy:
         dsn = with_host(parse_dsn(server.dsn()), proxy.host, proxy.port)
@@ -96,6 +98,7 @@ async def run_one(shape: str, backoff: Backoff, s: Settings) -> dict[str, Any]:
         ]
         for sup in sups:
             sup.on(events.Reconnected, lambda e: attempts_per_sup.append(e.attempts))
+            sup.on(events.Reconnected, lambda e: back.append(e.time))
         try:
             await asyncio.gather(*(sup.start() for sup in sups))
             await asyncio.gather(*(sup.wait_until_connected(timeout=30) for sup in sups))
@@ -127,7 +130,15 @@ async def run_one(shape: str, backoff: Backoff, s: Settings) -> dict[str, Any]:
             stop_sampling.set()
             async with asyncio.timeout(60):
                 await asyncio.gather(*(sup.aclose() for sup in sups))
-    summary = _summary(samples, t_stop, t_up, t_all, n_sup, callers, errors, attempts_per_sup)
+    # The outage, for counting attempts, ends when the server accepts again or when every
+    # supervisor is back, whichever comes first: a supervisor back before the benchmark's own
+    # poll sees the server (it knocks) refills its pool then, and that is not the outage.
+    t_end = t_up
+    if len(back) >= n_sup:
+        t_end = min(t_up, max(back) - (time.time() - now()))
+    summary = _summary(
+        samples, t_stop, t_up, t_all, n_sup, callers, errors, attempts_per_sup, t_end
+    )
     summary["pool_max_size"] = size["max_size"]
     summary["knocks"] = knocked[-1] - knocked[0] if knocked else 0
     return summary
@@ -152,6 +163,7 @@ def _summary(
     callers: int,
     errors: Counter[str],
     attempts_per_sup: list[int],
+    t_end: float,
 ) -> dict[str, Any]:
     def attempts_at(t: float) -> int:
         return max((a for ts, a, _ in samples if ts <= t), default=samples[0][1])
@@ -164,8 +176,8 @@ def _summary(
             buckets[int((ts - t_stop) / BUCKET)] += attempts - prev
             prev = attempts
     n = max(buckets, default=0) + 1
-    during = attempts_at(t_up) - base
-    after = samples[-1][1] - attempts_at(t_up)
+    during = attempts_at(t_end) - base
+    after = samples[-1][1] - attempts_at(t_end)
     before_peak = max((c for ts, _, c in samples if ts < t_stop), default=0)
     return {
         "supervisors": n_sup,
