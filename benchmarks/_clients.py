@@ -1,8 +1,9 @@
 """The contenders, each behind one small interface: resilientdb, the raw drivers' pools and
 the peer libraries, configured the way their documentation suggests.
 
-Every client runs three operations: ``scalar()`` (``SELECT 1``), ``rows()`` (a 100-row read)
-and ``insert(ident, tag)`` (one row into ``bench_writes``, for the outage benchmark).
+Every client runs four operations: ``scalar()`` (``SELECT 1``), ``rows()`` (a 100-row read),
+``big()`` (a 10,000-row read) and ``insert(ident, tag)`` (one row into ``bench_writes``, for
+the outage benchmark).
 
 ``outage=True`` gives every library bounded timeouts, so that nothing hangs forever through
 a partition (RESULTS.md lists them): connect 2 s, waiting for a free pool connection 5 s,
@@ -37,6 +38,17 @@ TIMEOUTS = {
 }
 
 
+# A 10,000-row read per dialect, the same shape as its hundred_rows (an int and a text).
+BIG_ROWS = {
+    "postgres": "SELECT g, 'row ' || g FROM generate_series(1, 10000) g",
+    "mysql": "SELECT seq, CONCAT('row ', seq) FROM seq_1_to_10000",
+    "sqlite": (
+        "WITH RECURSIVE g(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM g WHERE x < 10000) "
+        "SELECT x, 'row ' || x FROM g"
+    ),
+}
+
+
 @dataclass(frozen=True)
 class Sql:
     """One backend's statements, in its driver's paramstyle."""
@@ -44,19 +56,20 @@ class Sql:
     scalar: str
     rows: str
     insert: str
+    big: str = ""  # the 10,000-row read
 
     @classmethod
-    def of(cls, dialect: Dialect) -> Sql:
+    def of(cls, dialect: Dialect, big: str = "") -> Sql:
         """The benchmarks' statements on ``dialect``'s backend (``harness/backends.py``)."""
         insert = dialect.sql("INSERT INTO bench_writes (id, tag) VALUES ({1}, {2})")
-        return cls("SELECT 1", dialect.hundred_rows, insert)
+        return cls("SELECT 1", dialect.hundred_rows, insert, big)
 
 
-PG = Sql.of(backends.POSTGRES)
-PG_FORMAT = Sql(PG.scalar, PG.rows, "INSERT INTO bench_writes (id, tag) VALUES (%s, %s)")
-PG_NAMED = Sql(PG.scalar, PG.rows, "INSERT INTO bench_writes (id, tag) VALUES (:id, :tag)")
-MYSQL = Sql.of(backends.MYSQL)
-SQLITE = Sql.of(backends.SQLITE)
+PG = Sql.of(backends.POSTGRES, BIG_ROWS["postgres"])
+PG_FORMAT = Sql(PG.scalar, PG.rows, "INSERT INTO bench_writes (id, tag) VALUES (%s, %s)", PG.big)
+PG_NAMED = Sql(PG.scalar, PG.rows, "INSERT INTO bench_writes (id, tag) VALUES (:id, :tag)", PG.big)
+MYSQL = Sql.of(backends.MYSQL, BIG_ROWS["mysql"])
+SQLITE = Sql.of(backends.SQLITE, BIG_ROWS["sqlite"])
 
 
 # A write that is safe to run twice, for the caller that marks it idempotent=True: the id is
@@ -109,6 +122,9 @@ class ResilientDB:
     async def rows(self) -> list[Any]:
         return await self.db.fetch(self.sql.rows)
 
+    async def big(self) -> list[Any]:
+        return await self.db.fetch(self.sql.big)
+
     async def insert(self, ident: str, tag: str) -> None:
         if self.idempotent_writes:
             await self.db.execute(PG_INSERT_ONCE, ident, tag, idempotent=True)
@@ -146,6 +162,9 @@ class AsyncpgPool:
     async def rows(self) -> list[Any]:
         return list(await self.pool.fetch(PG.rows))
 
+    async def big(self) -> list[Any]:
+        return list(await self.pool.fetch(PG.big))
+
     async def insert(self, ident: str, tag: str) -> None:
         await self.pool.execute(PG.insert, ident, tag)
 
@@ -175,6 +194,7 @@ class SQLAlchemyEngine:
         )
         self._scalar = text(PG.scalar)
         self._rows = text(PG.rows)
+        self._big = text(PG.big)
         self._insert = text(PG_NAMED.insert)
 
     async def open(self) -> None:
@@ -191,6 +211,10 @@ class SQLAlchemyEngine:
     async def rows(self) -> list[Any]:
         async with self.engine.connect() as conn:
             return list((await conn.execute(self._rows)).all())
+
+    async def big(self) -> list[Any]:
+        async with self.engine.connect() as conn:
+            return list((await conn.execute(self._big)).all())
 
     async def insert(self, ident: str, tag: str) -> None:
         async with self.engine.begin() as conn:
@@ -243,6 +267,10 @@ class PsycopgPool:
         rows: list[Any] = await self._run(PG.rows, None, "fetchall")
         return rows
 
+    async def big(self) -> list[Any]:
+        rows: list[Any] = await self._run(PG.big, None, "fetchall")
+        return rows
+
     async def insert(self, ident: str, tag: str) -> None:
         await self._run(PG_FORMAT.insert, (ident, tag), "")
 
@@ -284,6 +312,9 @@ class AiomysqlPool:
     async def rows(self) -> list[Any]:
         return list(await self._run(MYSQL.rows, "fetchall"))
 
+    async def big(self) -> list[Any]:
+        return list(await self._run(MYSQL.big, "fetchall"))
+
     async def insert(self, ident: str, tag: str) -> None:
         raise NotImplementedError("the outage benchmark runs on PostgreSQL only")
 
@@ -324,6 +355,9 @@ class AiosqlitePool:
 
     async def rows(self) -> list[Any]:
         return list(await self._run(SQLITE.rows))
+
+    async def big(self) -> list[Any]:
+        return list(await self._run(SQLITE.big))
 
     async def insert(self, ident: str, tag: str) -> None:
         raise NotImplementedError("the outage benchmark runs on PostgreSQL only")

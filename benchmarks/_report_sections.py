@@ -91,7 +91,9 @@ def outage_section(data: dict[str, Any]) -> str:
         "reported successful but missing; dup = ids stored twice; unknown applied / not = "
         "writes that raised and were / were not applied; recovery = from the server accepting "
         "connections again to the first successful operation; stall = longest gap between two "
-        "successes; attempts = connections the proxy accepted from the fault on. Plot: "
+        "successes; attempts = connections the proxy accepted from the fault on, less "
+        "resilientdb's knocks (a bare TCP connect and the protocol's first exchange between "
+        "its reconnect attempts; their number in brackets). Plot: "
         "`results/outages.png`.",
         "",
         "Timeouts: " + "; ".join(f"{lib}: {t}" for lib, t in data["timeouts"].items()) + ".",
@@ -115,7 +117,8 @@ def outage_section(data: dict[str, Any]) -> str:
                 f"| {lib} | {r['ops_ok']:,} | {r['errors']} ({r['errors_read']} / "
                 f"{r['errors_write']}) | {types} | {r['lost']} | {r['duplicates']} "
                 f"| {r['unknown_applied']} / {r['unknown_not_applied']} | {rec} "
-                f"| {r['stall_s'] * 1000:,.0f} | {r['connection_attempts']} |"
+                f"| {r['stall_s'] * 1000:,.0f} | {r['connection_attempts']}"
+                + (f" ({r['knocks']} knocks) |" if r.get("knocks") else " |")
             )
         for lib, r in by_lib.items():
             if lib.startswith("resilientdb"):
@@ -130,9 +133,12 @@ def storm_section(data: dict[str, Any]) -> str:
         "",
         "A 3 s restart of the one PostgreSQL behind one FaultProxy. callers: 1,000 callers on "
         "one supervisor (pool of 10); fleet: 100 supervisors (min_size=1, max_size=2), one "
-        "caller each. attempts = connections the proxy accepted (outage: from the stop to "
-        "the server accepting again; after: from then to the end, the pools refilling "
-        "included); per supervisor = outage attempts / supervisors; max / 100 ms: the "
+        "caller each. attempts = connections the proxy accepted, less the supervisors' "
+        "knocks (bare TCP connects and the protocol's first exchange between attempts, no "
+        "handshake; their number over the run in brackets) (outage: from the stop to "
+        "the server accepting again, or to every supervisor being back if that came "
+        "first; after: from then to the end, the pools refilling included); per "
+        "supervisor = outage attempts / supervisors; max / 100 ms: the "
         "busiest 100 ms, and in brackets the busiest from 1 s after the stop on (each "
         "supervisor's first probe goes at once, on detection, so jitter shows from the second "
         "step on); peak = most open proxy connections at once (sampled every 20 ms); all "
@@ -150,7 +156,9 @@ def storm_section(data: dict[str, Any]) -> str:
             lines.append(
                 f"| {shape} ({r['supervisors']} x, {r['callers']:,} callers) | {name} "
                 f"| {r['outage_s']:.1f} | {r['attempts_during_outage']} / "
-                f"{r['attempts_after_up']} | {r['attempts_per_supervisor']} "
+                f"{r['attempts_after_up']}"
+                + (f" ({r['knocks']:,} knocks)" if r.get("knocks") else "")
+                + f" | {r['attempts_per_supervisor']} "
                 f"| {r['max_attempts_per_100ms']} ({r['max_attempts_per_100ms_after_1s']}) "
                 f"| {r['peak_connections_before']} / {r['peak_connections_after_up']} "
                 f"| {r['all_connected_after_up_s'] * 1000:,.0f} | {errs} |"

@@ -7,7 +7,9 @@ from one scenario to the next. Workers pace themselves (one operation per worker
 ``PACE`` s at most): three reads (``SELECT 1``) then one write, an ``INSERT`` of a
 client-generated unique id into a table without a unique constraint, so that a write applied
 twice would show. No library gets application-level retries: what the application sees is
-what the library hands it.
+what the library hands it. resilientdb's knocks (bare TCP connects on the port between its
+reconnect attempts) reach the proxy too: they are counted apart (``knocks``), not as
+connection attempts.
 
 Afterwards the table is reconciled against what the workers saw: ``lost`` = writes the
 application was told succeeded that are missing, ``duplicates`` = ids present more than
@@ -105,6 +107,12 @@ async def _workload(
     await asyncio.gather(*(worker() for _ in range(workers)))
 
 
+def _knocks(client: Any) -> int:
+    """TCP knocks made between reconnect attempts (resilientdb only; ``resilientdb._reach``)."""
+    sup = getattr(client, "supervisor", None)
+    return 0 if sup is None else sum(m.reach.knocks for m in sup._monitors.values())
+
+
 def _name(exc: BaseException) -> str:
     """The error's type, and the type of its cause when it wraps one (OutcomeUnknown,
     SQLAlchemy's DBAPIError)."""
@@ -142,6 +150,7 @@ async def run_one(scenario: str, lib: str, s: Settings, tag: str) -> dict[str, A
             load = asyncio.create_task(_workload(client, rec, stop, s.pick(WORKERS, 4), PACE, tag))
             await asyncio.sleep(warm)
             attempts_before = proxy.stats.connection_attempts
+            knocks_before = _knocks(client)
             t_fault = now()
             t_up = await _fault(scenario, server, proxy, down)
             await asyncio.sleep(after)
@@ -149,7 +158,9 @@ async def run_one(scenario: str, lib: str, s: Settings, tag: str) -> dict[str, A
             stop.set()
             async with asyncio.timeout(SAFETY_TIMEOUT + 5):
                 await load
-            attempts = proxy.stats.connection_attempts - attempts_before
+            knocks = _knocks(client) - knocks_before
+            # Handshakes only: the knocks (bare TCP connects) are counted apart.
+            attempts = proxy.stats.connection_attempts - attempts_before - knocks
         finally:
             async with asyncio.timeout(30):
                 await client.close()
@@ -172,6 +183,7 @@ async def run_one(scenario: str, lib: str, s: Settings, tag: str) -> dict[str, A
         "recovery_s": None if first_ok is None else round(first_ok - t_up, 4),
         "stall_s": round(max(b - a for a, b in itertools.pairwise(around)), 3),
         "connection_attempts": attempts,
+        "knocks": knocks,
         "outage_s": round(t_up - t_fault, 3),
         "timeline": _timeline(rec, start, t_fault, t_stop),
         "fault_at_s": round(t_fault - start, 3),

@@ -2,8 +2,8 @@
 
 PostgreSQL: resilientdb, asyncpg's own pool (the baseline), SQLAlchemy's async engine
 (pool_pre_ping off and on) and psycopg_pool (check off and on). MariaDB: resilientdb against
-aiomysql's pool. SQLite: resilientdb against raw aiosqlite connections. Each runs ``SELECT 1``
-and a 100-row read at 1 and 32 concurrent tasks, every pool the same size.
+aiomysql's pool. SQLite: resilientdb against raw aiosqlite connections. Each runs ``SELECT 1``,
+a 100-row read and a 10,000-row read at 1 and 32 concurrent tasks, every pool the same size.
 
 Each round runs every contender for the same short slice, the order rotated each round, so
 machine noise hits all alike. The time ratio of a contender is, per round, raw ops/s divided
@@ -52,7 +52,7 @@ from benchmarks._common import (
 )
 
 TARGETS = {"postgres": 1.05, "mariadb": 1.05, "sqlite": 1.10}
-QUERIES = {"SELECT 1": "scalar", "100 rows": "rows"}
+QUERIES = {"SELECT 1": "scalar", "100 rows": "rows", "10,000 rows": "big"}
 CONCURRENCY = (1, 32)
 POOL_SIZE = 10
 SQLITE_POOL_SIZE = 4  # one thread per connection: more than the cores only adds switching

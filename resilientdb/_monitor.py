@@ -30,6 +30,7 @@ from typing import cast
 
 from ._figures import Figures
 from ._gate import Gate
+from ._reach import Reach, hello_for, tcp_addresses
 from ._redact import describe
 from ._states import Action, Signal, State, transition
 from ._tasks import Spawn, finish, spawn_unowned
@@ -67,6 +68,10 @@ class Monitor(Figures):
         self._spawn: Spawn = spawn_unowned
         self._stopping = False  # set by aclose: the loop ends even if a cancel was swallowed
         self._refused_since: float | None = None  # credentials refused since (auth_grace)
+        # Knocks on the server's port between attempts (none for SQLite): see _reach.
+        self.reach = Reach(
+            tcp_addresses(backend), hello_for(backend), options.backoff.jitter, self._rng
+        )
         backend.set_connect_gate(self._pool_may_connect)
 
     def _pool_may_connect(self) -> bool:
@@ -185,6 +190,7 @@ class Monitor(Figures):
         for action in actions:
             if action is Action.RESET_ATTEMPTS:
                 self.attempts = 0
+                self.reach.reset()
             elif action is Action.RETRY:
                 self._next_delay = self.options.backoff.delay(self.attempts, self._rng)
             elif action is Action.SLOW_PROBE:
@@ -242,8 +248,12 @@ class Monitor(Figures):
                         await self._check()
                     continue
                 # Always yields, even at zero delay: a probe that fails without awaiting
-                # must not starve the loop.
-                await asyncio.sleep(self._next_delay)
+                # must not starve the loop. The backoff step ends early when the server's
+                # port comes back (FAILED keeps its slow interval: a permanent error).
+                if self.state is State.FAILED:
+                    await asyncio.sleep(self._next_delay)
+                else:
+                    await self.reach.wait(self._next_delay)
                 if self.gate.state is not State.CLOSED:  # closed while sleeping
                     await self._attempt()
             except asyncio.CancelledError:
@@ -268,6 +278,7 @@ class Monitor(Figures):
         except Exception as exc:
             self.attempts += 1
             self.gate.last_error = exc
+            self.reach.failed(exc)
             self._error("connect", exc)
             if backend.classify_connect(exc) is ErrorKind.PERMANENT and not self._in_grace(exc):
                 await self._signal(Signal.CONNECT_PERMANENT, exc)

@@ -71,7 +71,8 @@ def test_overhead_quick(out: Path) -> None:
         assert data["resolve"][f"transfer @{tasks}"]["time_ratio"] > 0
     for backend in ("postgres", "mariadb", "sqlite"):
         cases = [v for v in data[backend].values() if "time_ratio" in v]
-        assert len(cases) == 4  # two queries at two concurrencies
+        # Three queries (SELECT 1, 100 rows, 10,000 rows) at two concurrencies.
+        assert len(cases) == 6
         for case in cases:
             assert case["ops_per_s"]["resilientdb"] > 0
             assert case["time_ratio"][case["baseline"]] == 1.0

@@ -16,7 +16,7 @@ import aiomysql
 from aiomysql.cursors import Cursor
 from pymysql import err as myerr
 
-from ..._row import Row, make_rows
+from ..._row import Row, make_rows, row_type
 from .._kit.pool import expiry
 from .._kit.sockets import tune_transport
 
@@ -86,7 +86,7 @@ class MySQLConnection:
     async def fetchrow(self, query: str, *args: Any, timeout: float | None = None) -> Row | None:
         """The first row, or ``None``."""
         columns, rows, _ = await self._call(query, args, timeout, None)
-        return make_rows(columns, rows[:1])[0] if rows else None
+        return row_type(columns)(rows[0]) if rows else None
 
     async def fetchval(
         self, query: str, *args: Any, column: int = 0, timeout: float | None = None

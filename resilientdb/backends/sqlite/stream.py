@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ..._row import Row
+from ..._row import Row, row_type
 from .connection import CLOSE_CURSOR, CURSOR, MORE
 
 if TYPE_CHECKING:
@@ -21,23 +21,22 @@ __all__ = ["SQLiteCursor", "open_cursor"]
 class SQLiteCursor:
     """A sqlite3 cursor on a lease's connection (``backends.base.Cursor``)."""
 
-    __slots__ = ("_cur", "_index", "_lease", "_open")
+    __slots__ = ("_cur", "_lease", "_open", "_type")
 
     def __init__(self, lease: SQLiteLease, cur: Any) -> None:
         self._lease = lease
         self._cur = cur
         self._open = True
-        self._index: dict[str, int] = {}  # shared by every row, as make_rows does
-        for i, d in enumerate(cur.description or ()):
-            self._index.setdefault(d[0], i)
+        desc = cur.description
+        # One Row class for the whole result, as make_rows does (None: not a query).
+        self._type = row_type([d[0] for d in desc]) if desc else None
 
     async def fetch(self, n: int, timeout: float | None) -> list[Row]:
         """The next ``n`` rows at most; fewer (or none) at the end."""
-        if not self._index:
+        if self._type is None:
             return []  # not a query: it ran to its end when the cursor opened
         rows = await self._lease._call(MORE, "", (self._cur, n), 0, timeout)
-        index = self._index
-        return [Row(index, tuple(r)) for r in rows]
+        return list(map(self._type, rows))
 
     async def close(self, timeout: float | None, *, drain: bool) -> None:
         """Close the cursor on the worker thread (cheap whether or not it was read to the end)."""
