@@ -188,12 +188,16 @@ class Stream:
             if facts.readonly_guard is not None and (guard or facts.stream_in_transaction):
                 begin, end = facts.readonly_guard
             try:
-                cursor = await streams.open_cursor(
-                    conn, self._query, self._args, begin=begin, end=end, timeout=command_timeout
-                )
-                self._cm, self._conn, self._cursor = cm, conn, cursor
-                self._generation = generation
-                rows = await cursor.fetch(self._batch, command_timeout)
+                # Several round trips (BEGIN, the cursor, the fetch), each given the driver's
+                # timeout: the deadline bounds them together.
+                async with asyncio.timeout_at(deadline):
+                    cursor = await streams.open_cursor(
+                        conn, self._query, self._args, begin=begin, end=end,
+                        timeout=command_timeout,
+                    )  # fmt: skip
+                    self._cm, self._conn, self._cursor = cm, conn, cursor
+                    self._generation = generation
+                    rows = await cursor.fetch(self._batch, command_timeout)
             except Exception as exc:
                 self._cm = self._conn = self._cursor = None
                 kind = eng.classify_sent(exc, conn)
@@ -221,14 +225,16 @@ class Stream:
         """Inside a transaction: a cursor on its connection, never replayed."""
         tx._check()
         conn = tx._conn
+        deadline = deadline_after(self._bound())
         if tx.dropped:
             await tx.close_dropped(self._bound())
         try:
-            cursor = await _streams(self._engine.backend).open_cursor(
-                conn, self._query, self._args, begin=None, end=None, timeout=self._bound()
-            )
-            self._conn, self._cursor = conn, cursor
-            rows = await cursor.fetch(self._batch, self._bound())
+            async with asyncio.timeout_at(deadline):  # the cursor and the fetch together
+                cursor = await _streams(self._engine.backend).open_cursor(
+                    conn, self._query, self._args, begin=None, end=None, timeout=self._bound()
+                )
+                self._conn, self._cursor = conn, cursor
+                rows = await cursor.fetch(self._batch, self._bound())
         except Exception as exc:
             self._conn = self._cursor = None
             self._done = True
