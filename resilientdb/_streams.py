@@ -260,6 +260,16 @@ class Stream:
             tx._check()
         try:
             rows = await cursor.fetch(self._batch, self._bound())
+        except StreamInterrupted as exc:
+            # The adapter found the result ended under the stream (MySQL: another statement
+            # on the transaction's connection read it away); the connection is fine.
+            n = self.rows_delivered
+            self._abandon()
+            raise StreamInterrupted(
+                f"backend {self._engine.name!r}: the stream was interrupted after {n} rows had "
+                f"been delivered: {exc}",
+                rows_delivered=n,
+            ) from None
         except Exception as exc:
             await self._interrupted(exc)
             raise  # _interrupted raised; never reached

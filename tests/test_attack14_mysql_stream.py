@@ -1,0 +1,76 @@
+"""Attack on issue 14's streams, on the real MariaDB: a MySQL connection carries one result at
+a time, and any other statement on it first reads the rest of an open unbuffered result away.
+A statement run in the transaction (or a second ``tx.iterate``) inside a ``tx.iterate`` loop
+did so, and the stream then ended quietly as if its result had no more rows: rows went
+missing without a word. The stream must raise ``StreamInterrupted`` at its next read, with the
+count; the statement and the transaction are unharmed."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import AsyncIterator
+
+import pytest
+
+from harness.servers import MariaDBServer
+from resilientdb import StreamInterrupted, Supervisor
+
+ROWS = 50
+
+
+@pytest.fixture
+async def sup(mariadb: MariaDBServer) -> AsyncIterator[Supervisor]:
+    async with Supervisor(mariadb.dsn(), min_size=1, max_size=2) as s:
+        await s.db.execute("DROP TABLE IF EXISTS attack14_stream")
+        await s.db.execute("CREATE TABLE attack14_stream (id int PRIMARY KEY, v text)")
+        await s.db.executemany(
+            "INSERT INTO attack14_stream VALUES (%s, %s)", [(i, "v") for i in range(1, ROWS + 1)]
+        )
+        yield s
+
+
+@pytest.mark.filterwarnings("ignore:Previous unbuffered result")
+async def test_a_statement_inside_the_loop_does_not_end_the_stream_quietly(
+    sup: Supervisor,
+) -> None:
+    seen: list[int] = []
+    async with sup.db.transaction() as tx:
+        with pytest.raises(StreamInterrupted) as info:
+            async for row in tx.iterate("SELECT id FROM attack14_stream ORDER BY id", batch=5):
+                seen.append(row["id"])
+                if len(seen) == 3:
+                    await tx.execute("UPDATE attack14_stream SET v = 'x' WHERE id = 1")
+        assert info.value.rows_delivered == len(seen) == 5
+        assert "another statement" in str(info.value)
+        # The transaction goes on: its statement stands, and it commits.
+        assert await tx.fetchval("SELECT v FROM attack14_stream WHERE id = 1") == "x"
+    assert await sup.db.fetchval("SELECT v FROM attack14_stream WHERE id = 1") == "x"
+    assert sup.db.statistics().pool.in_use == 0
+
+
+@pytest.mark.filterwarnings("ignore:Previous unbuffered result")
+async def test_a_nested_stream_does_not_end_the_outer_one_quietly(sup: Supervisor) -> None:
+    outer: list[int] = []
+    inner: list[int] = []
+    async with sup.db.transaction() as tx:
+        with pytest.raises(StreamInterrupted):
+            async for row in tx.iterate("SELECT id FROM attack14_stream ORDER BY id", batch=5):
+                outer.append(row["id"])
+                if len(outer) == 1:
+                    async for r in tx.iterate("SELECT id FROM attack14_stream WHERE id < 4"):
+                        inner.append(r["id"])
+    assert inner == [1, 2, 3] and outer == [1, 2, 3, 4, 5]
+
+
+async def test_a_stream_read_to_its_end_in_a_transaction_still_ends_normally(
+    sup: Supervisor,
+) -> None:
+    """Exactly a whole number of batches: the end is found by an empty read, not an error."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        async with sup.db.transaction() as tx:
+            ids = [r["id"] async for r in tx.iterate("SELECT id FROM attack14_stream", batch=10)]
+            await tx.execute("UPDATE attack14_stream SET v = 'y' WHERE id = 2")
+        assert len(ids) == ROWS
+        ids = [r["id"] async for r in sup.db.iterate("SELECT id FROM attack14_stream", batch=10)]
+        assert len(ids) == ROWS
