@@ -112,3 +112,19 @@ async def test_stream_timeout_bounds_the_whole_first_batch(pg: PostgresServer) -
             await until(lambda: s.db.statistics().pool.in_use == 0, timeout=5)
             rows = [r[0] async for r in s.db.iterate("SELECT generate_series(1, 3)", timeout=5)]
             assert rows == [1, 2, 3]
+
+
+async def test_copy_in_a_transaction_timeout_bounds_the_column_type_lookup(
+    sup: Supervisor, locked: None
+) -> None:
+    """Inside a transaction too; a COPY past its timeout loses the transaction there, as any
+    statement cut off by its timeout does."""
+
+    async def load() -> None:
+        async with sup.db.transaction() as tx:
+            await tx.copy_records_to_table("attack14_locked", records=[(1,)], timeout=1.0)
+
+    elapsed, err = await timed(load())
+    assert elapsed < 2.5, f"timeout=1.0 but the call took {elapsed:.1f} s ({err!r})"
+    assert err is not None
+    await until(lambda: sup.db.statistics().pool.in_use == 0, timeout=5)
