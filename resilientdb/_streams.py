@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._leases import Attempts, deadline_after
 from ._redact import describe
+from ._replay import verdict
 from ._states import State
 from ._transaction import Transaction, TxState
 from .backends.base import Connection, Cursor, ErrorKind, Streams
@@ -314,6 +315,14 @@ class Stream:
             else:
                 eng.monitor.report_lost(self._generation, exc, _OP)
             self._abandon()
+            v = verdict(self._query, eng.backend.facts.family)
+            if self._idempotent is not True and (not v.read_only or v.lookup):
+                # A write streamed (`DELETE ... RETURNING`), or a read calling functions that
+                # may write: the statement ends on the server after its last row is sent, so
+                # whether it was applied is unknown. "Run it again" could apply it twice.
+                unknown = eng.unknown(_OP, exc, "its query may write")
+                unknown.add_note(f"resilientdb: the stream had delivered {n} rows")
+                raise unknown
             err = StreamInterrupted(
                 f"backend {eng.name!r}: the stream was interrupted after {n} rows had been "
                 f"delivered ({describe(exc)}); it is not replayed, because rows already "

@@ -74,3 +74,40 @@ async def test_a_stream_read_to_its_end_in_a_transaction_still_ends_normally(
         assert len(ids) == ROWS
         ids = [r["id"] async for r in sup.db.iterate("SELECT id FROM attack14_stream", batch=10)]
         assert len(ids) == ROWS
+
+
+async def test_a_write_streamed_and_cut_off_is_outcome_unknown(mariadb: MariaDBServer) -> None:
+    """``DELETE ... RETURNING`` streamed (a queue drained), the connection reset after the
+    first rows: whether the server applied the statement is unknown (autocommit ends it after
+    the last row is sent), so the caller gets ``OutcomeUnknown``, not the read's
+    ``StreamInterrupted`` ("run the query again"), with the count in a note. A read cut off
+    the same way is still ``StreamInterrupted``."""
+    from resilientdb import OutcomeUnknown
+    from resilientdb.config import parse_dsn, with_host
+    from resilientdb.testing import FaultProxy
+
+    async with FaultProxy(mariadb.host, mariadb.port) as proxy:
+        dsn = with_host(parse_dsn(mariadb.dsn()), proxy.host, proxy.port)
+        async with Supervisor(dsn, min_size=1, max_size=2, connect_timeout=2.0) as s:
+            db = s.db
+            await db.execute("DROP TABLE IF EXISTS attack14_queue")
+            await db.execute("CREATE TABLE attack14_queue (id int PRIMARY KEY, pad text)")
+            await db.execute(
+                "INSERT INTO attack14_queue SELECT seq, REPEAT('x', 300) FROM seq_1_to_20000"
+            )
+            for query, expected in [
+                ("SELECT id, pad FROM attack14_queue", StreamInterrupted),
+                ("DELETE FROM attack14_queue RETURNING id, pad", OutcomeUnknown),
+            ]:
+                resets = proxy.stats.resets
+                seen = 0
+                with pytest.raises(expected) as info:
+                    async for _row in db.iterate(query, batch=10):
+                        seen += 1
+                        if seen == 1:
+                            proxy.reset()
+                assert proxy.stats.resets > resets  # the fault happened
+                assert (
+                    not isinstance(info.value, StreamInterrupted) or expected is StreamInterrupted
+                )
+                assert str(seen) in str(info.value) + " ".join(getattr(info.value, "__notes__", []))
