@@ -31,8 +31,9 @@ from ._leases import Attempts, deadline_after
 from ._redact import describe
 from ._replay import verdict
 from ._states import State
+from ._stream_kit import check_batch, check_timeout, roll_back, stream_methods
 from ._transaction import Transaction, TxState
-from .backends.base import Connection, Cursor, ErrorKind, Streams
+from .backends.base import Connection, Cursor, ErrorKind
 from .errors import StreamInterrupted, SupervisorClosed
 
 if TYPE_CHECKING:
@@ -45,13 +46,6 @@ _OP = "iterate"
 _CLOSE_BOUND = 5.0  # closing a dropped stream's cursor in the background, at most
 
 
-def check_batch(batch: object) -> int:
-    """``batch`` as a row count, or a ValueError naming what to pass."""
-    if isinstance(batch, bool) or not isinstance(batch, int) or batch <= 0:
-        raise ValueError(f"batch must be a whole number of rows > 0, not {batch!r}")
-    return batch
-
-
 class Stream:
     """The rows of one query, read in batches: ``async for row in db.iterate(...)``.
 
@@ -62,7 +56,8 @@ class Stream:
 
     __slots__ = (
         "_args", "_batch", "_cm", "_conn", "_cursor", "_done", "_engine", "_generation",
-        "_idempotent", "_pos", "_query", "_rows", "_started", "_timeout", "_tx", "rows_delivered",
+        "_idempotent", "_pos", "_query", "_reading", "_rows", "_started", "_timeout", "_tx",
+        "rows_delivered",
     )  # fmt: skip
 
     def __init__(
@@ -81,7 +76,7 @@ class Stream:
         self._args = args
         self._batch = check_batch(batch)
         if timeout is not None:
-            _check_timeout(timeout)
+            check_timeout(timeout)
         if idempotent is not None and not isinstance(idempotent, bool):
             raise ValueError(f"idempotent must be True, False or None, not {idempotent!r}")
         self._timeout = timeout
@@ -95,6 +90,7 @@ class Stream:
         self._conn: Connection | None = None
         self._cursor: Cursor | None = None
         self._generation = 0
+        self._reading = False  # a batch is in flight (one reader at a time)
         self.rows_delivered = 0
 
     def __repr__(self) -> str:
@@ -122,18 +118,28 @@ class Stream:
             if self._done:
                 self._rows = []
                 raise StopAsyncIteration
-            if not self._started:
-                self._started = True
-                try:
-                    await self._first()
-                except BaseException:
-                    self._done = True  # the call's final error: the stream is over
-                    raise
-            else:
-                await self._more()
+            self._check_idle("__anext__")
+            self._reading = True
+            try:
+                if not self._started:
+                    self._started = True
+                    try:
+                        await self._first()
+                    except BaseException:
+                        self._done = True  # the call's final error: the stream is over
+                        raise
+                else:
+                    await self._more()
+            finally:
+                self._reading = False
 
     async def aclose(self) -> None:
-        """Stop reading: close the cursor and give the connection back now. Idempotent."""
+        """Stop reading: close the cursor and give the connection back now. Idempotent.
+
+        From the task reading the stream (or when no batch is in flight): another task's
+        read in progress raises ``RuntimeError``; cancel that task instead, which closes it.
+        """
+        self._check_idle("aclose")
         self._done = True
         self._rows = []
         if self._conn is None:
@@ -143,6 +149,15 @@ class Stream:
         except BaseException:
             self._abandon()
             raise
+
+    def _check_idle(self, op: str) -> None:
+        # As an async generator: the reading task owns the connection mid-batch; closing it
+        # under the driver would hand the pool a connection still being read.
+        if self._reading:
+            raise RuntimeError(
+                f"{op}(): the stream is being read by another task (a batch is in flight); "
+                f"cancel that task to stop it (the stream closes), or read it from one task"
+            )
 
     def __del__(self) -> None:
         # Dropped unfinished (a `break`, an exception in the loop body): close the cursor and
@@ -161,7 +176,7 @@ class Stream:
             return
         eng = self._engine
         opts, gate, backend = eng.options, eng.gate, eng.backend
-        streams = _streams(backend)
+        streams = stream_methods(backend)
         facts = backend.facts
         deadline = deadline_after(self._timeout)
         tried: Attempts | None = None
@@ -203,7 +218,7 @@ class Stream:
                 self._cm = self._conn = self._cursor = None
                 kind = eng.classify_sent(exc, conn)
                 if kind is not ErrorKind.CONNECTION:
-                    await _roll_back(backend, conn, begin, command_timeout)
+                    await roll_back(backend, conn, begin, command_timeout)
                 await eng.release_after_failure(cm, exc, deadline)
                 tried = tried or eng._attempts(deadline)
                 guard = await eng._decide(
@@ -231,7 +246,7 @@ class Stream:
             await tx.close_dropped(self._bound())
         try:
             async with asyncio.timeout_at(deadline):  # the cursor and the fetch together
-                cursor = await _streams(self._engine.backend).open_cursor(
+                cursor = await stream_methods(self._engine.backend).open_cursor(
                     conn, self._query, self._args, begin=None, end=None, timeout=self._bound()
                 )
                 self._conn, self._cursor = conn, cursor
@@ -409,30 +424,3 @@ class Stream:
             return None
         limit = self._engine.options.command_timeout
         return self._timeout if limit is None else min(limit, self._timeout)
-
-
-def _streams(backend: Any) -> Streams:
-    if not hasattr(backend, "open_cursor"):
-        raise NotImplementedError(
-            f"the {type(backend).__name__} adapter cannot stream results (no open_cursor)"
-        )
-    streams: Streams = backend
-    return streams
-
-
-async def _roll_back(
-    backend: Any, conn: Connection, begin: str | None, bound: float | None
-) -> None:
-    """After a query error on a stream that began a read-only transaction: end it (the
-    adapter did already where it could; this makes sure), or discard the connection."""
-    if begin is None or conn.is_closed() or not backend.in_transaction(conn):
-        return
-    try:
-        await conn.execute("ROLLBACK", timeout=bound)
-    except Exception:
-        backend.discard(conn)
-
-
-def _check_timeout(timeout: object) -> None:
-    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0:
-        raise ValueError(f"timeout must be a number of seconds > 0, not {timeout!r}")
