@@ -44,6 +44,7 @@ __all__ = ["Stream", "check_batch"]
 _CONNECTED = State.CONNECTED
 _OP = "iterate"
 _CLOSE_BOUND = 5.0  # closing a dropped stream's cursor in the background, at most
+_DRAIN_BOUND = 60.0  # reading a dropped write stream to its end, without other bounds
 
 
 class Stream:
@@ -374,7 +375,9 @@ class Stream:
             return
         assert cm is not None
         try:
-            await cursor.close(timeout, drain=False)
+            # A write streamed (`DELETE ... RETURNING`) runs to its end: closing its connection
+            # mid-result would kill the statement (MySQL) after rows had been handed out.
+            await cursor.close(timeout, drain=self._writes())
         except Exception:
             eng.backend.discard(conn)
         except BaseException:
@@ -415,8 +418,15 @@ class Stream:
             self._abandon()
             return
         self._done = True
-        bound = min(self._engine.options.connect_timeout, _CLOSE_BOUND)
+        opts = self._engine.options
+        bound = min(opts.connect_timeout, _CLOSE_BOUND)
+        if self._writes():  # read to its end: as long as a statement may take
+            bound = self._bound() or opts.command_timeout or _DRAIN_BOUND
         self._engine.monitor.release_later(self._finish(bound))
+
+    def _writes(self) -> bool:
+        """Whether the query's text writes (its statement must not be cut short)."""
+        return not verdict(self._query, self._engine.backend.facts.family).read_only
 
     def _bound(self) -> float | None:
         """The bound of one batch: ``timeout`` (when given) within ``command_timeout``."""

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from harness.polling import until
 from harness.servers import MariaDBServer
 from resilientdb import StreamInterrupted, Supervisor
 
@@ -111,3 +112,33 @@ async def test_a_write_streamed_and_cut_off_is_outcome_unknown(mariadb: MariaDBS
                     not isinstance(info.value, StreamInterrupted) or expected is StreamInterrupted
                 )
                 assert str(seen) in str(info.value) + " ".join(getattr(info.value, "__notes__", []))
+
+
+@pytest.mark.parametrize("how", ["break", "aclose"])
+async def test_a_write_streamed_and_left_early_runs_to_its_end(
+    mariadb: MariaDBServer, how: str
+) -> None:
+    """Leaving a ``DELETE ... RETURNING`` stream early closed its connection, which killed the
+    statement on the server: the rows the caller had received (a queue's jobs, processed)
+    were not deleted after all, silently, and would come again. Whether it was rolled back or
+    not depended on how much of the result the network had buffered. A write streamed runs to
+    its end, as ``execute`` would run it: leaving early stops the reading, not the
+    statement."""
+    async with Supervisor(mariadb.dsn(), min_size=1, max_size=2) as s:
+        db = s.db
+        await db.execute("DROP TABLE IF EXISTS attack14_queue2")
+        await db.execute("CREATE TABLE attack14_queue2 (id int PRIMARY KEY, pad text)")
+        await db.execute(
+            "INSERT INTO attack14_queue2 SELECT seq, REPEAT('x', 500) FROM seq_1_to_20000"
+        )
+        seen = 0
+        stream = db.iterate("DELETE FROM attack14_queue2 RETURNING id, pad", batch=10)
+        async for _row in stream:
+            seen += 1
+            if seen == 15:
+                if how == "aclose":
+                    await stream.aclose()
+                break
+        del stream, _row
+        await until(lambda: db.statistics().pool.in_use == 0, timeout=10)
+        assert await db.fetchval("SELECT count(*) FROM attack14_queue2") == 0
