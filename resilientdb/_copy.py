@@ -301,7 +301,11 @@ async def run_copy(
             continue
         try:
             given = None if source is None else source.for_attempt()
-            result = await call(backend.raw(conn), command_timeout, given)
+            # The driver's timeout does not reach the statements it prepares on its own (the
+            # column types of copy_records_to_table, copy_from_query's arguments): the
+            # deadline bounds the whole attempt.
+            async with asyncio.timeout_at(deadline):
+                result = await call(backend.raw(conn), command_timeout, given)
         except Exception as exc:
             if _callers_io(exc, conn):
                 # The caller's file failed (not found, disk full): nothing of a copy-in was

@@ -7,10 +7,12 @@ nothing is replayed: a lost connection raises ``TransactionLost`` (the server ro
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ._copy import Sink, Source, require_postgres, run_copy
+from ._leases import deadline_after
 from ._params import prepare
 
 if TYPE_CHECKING:
@@ -239,8 +241,11 @@ async def _in_tx(handle: Any, op: str, *args: Any, **kw: Any) -> str:
     tx.note_sent("copy", "COPY")  # a load writes; even a copy-out's query may
     conn = engine.backend.raw(tx._conn)
     method: Callable[..., Any] = getattr(conn, op)
+    # The driver's timeout misses the statements it prepares on its own (see run_copy).
+    deadline = deadline_after(kw.get("timeout"))  # (a bad timeout: ValueError, nothing sent)
     try:
-        result: str = await method(*args, **kw)
+        async with asyncio.timeout_at(deadline):
+            result: str = await method(*args, **kw)
     except Exception as exc:
         # "COPY" for the statement-text rules: one statement that never ends a transaction.
         await tx._after_error(exc, op, "COPY")

@@ -7,7 +7,9 @@ one SQLAlchemy itself uses over the same driver: ``postgresql+asyncpg`` (``$1``,
 parameters) are rendered for the values of the call, and the types' bind processors (JSON,
 Enum, DateTime on SQLite...) applied, as SQLAlchemy's own execution does. Rows come back
 from the driver as resilientdb's ``Row``: no result processing (a SQLite DateTime column
-reads as the string it is stored as).
+reads as the string it is stored as). The table's Python-side column defaults
+(``default=``, ``onupdate=``) are computed for each call as SQLAlchemy's execution computes
+them (``_sqlalchemy_defaults``): the compiler leaves them to the execution.
 
 The compiled text is what the replay rules judge: an ``insert()`` / ``update()`` /
 ``delete()`` compiles to a statement that begins with its verb (with or without
@@ -24,6 +26,8 @@ from sqlalchemy.engine.interfaces import Dialect
 from sqlalchemy.sql.base import Executable
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.elements import ClauseElement
+
+from . import _sqlalchemy_defaults as _defaults
 
 __all__ = ["compile_statement"]
 
@@ -112,6 +116,8 @@ def _expand(
 ) -> tuple[str, tuple[Any, ...]]:
     if not isinstance(compiled, SQLCompiler):
         return _text(compiled, family, many=many), ()
+    if compiled.insert_prefetch or compiled.update_prefetch:
+        params = _defaults.with_defaults(compiled, params)
     state = compiled.construct_expanded_state(dict(params) if params is not None else None)
     processors: dict[str, Any] = {**compiled._bind_processors, **state.processors}
     values = tuple(

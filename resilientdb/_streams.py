@@ -29,9 +29,11 @@ from typing import TYPE_CHECKING, Any
 
 from ._leases import Attempts, deadline_after
 from ._redact import describe
+from ._replay import verdict
 from ._states import State
+from ._stream_kit import check_batch, check_timeout, roll_back, stream_methods
 from ._transaction import Transaction, TxState
-from .backends.base import Connection, Cursor, ErrorKind, Streams
+from .backends.base import Connection, Cursor, ErrorKind
 from .errors import StreamInterrupted, SupervisorClosed
 
 if TYPE_CHECKING:
@@ -42,13 +44,7 @@ __all__ = ["Stream", "check_batch"]
 _CONNECTED = State.CONNECTED
 _OP = "iterate"
 _CLOSE_BOUND = 5.0  # closing a dropped stream's cursor in the background, at most
-
-
-def check_batch(batch: object) -> int:
-    """``batch`` as a row count, or a ValueError naming what to pass."""
-    if isinstance(batch, bool) or not isinstance(batch, int) or batch <= 0:
-        raise ValueError(f"batch must be a whole number of rows > 0, not {batch!r}")
-    return batch
+_DRAIN_BOUND = 60.0  # reading a dropped write stream to its end, without other bounds
 
 
 class Stream:
@@ -61,7 +57,8 @@ class Stream:
 
     __slots__ = (
         "_args", "_batch", "_cm", "_conn", "_cursor", "_done", "_engine", "_generation",
-        "_idempotent", "_pos", "_query", "_rows", "_started", "_timeout", "_tx", "rows_delivered",
+        "_idempotent", "_pos", "_query", "_reading", "_rows", "_started", "_timeout", "_tx",
+        "rows_delivered",
     )  # fmt: skip
 
     def __init__(
@@ -80,7 +77,7 @@ class Stream:
         self._args = args
         self._batch = check_batch(batch)
         if timeout is not None:
-            _check_timeout(timeout)
+            check_timeout(timeout)
         if idempotent is not None and not isinstance(idempotent, bool):
             raise ValueError(f"idempotent must be True, False or None, not {idempotent!r}")
         self._timeout = timeout
@@ -94,6 +91,7 @@ class Stream:
         self._conn: Connection | None = None
         self._cursor: Cursor | None = None
         self._generation = 0
+        self._reading = False  # a batch is in flight (one reader at a time)
         self.rows_delivered = 0
 
     def __repr__(self) -> str:
@@ -121,18 +119,28 @@ class Stream:
             if self._done:
                 self._rows = []
                 raise StopAsyncIteration
-            if not self._started:
-                self._started = True
-                try:
-                    await self._first()
-                except BaseException:
-                    self._done = True  # the call's final error: the stream is over
-                    raise
-            else:
-                await self._more()
+            self._check_idle("__anext__")
+            self._reading = True
+            try:
+                if not self._started:
+                    self._started = True
+                    try:
+                        await self._first()
+                    except BaseException:
+                        self._done = True  # the call's final error: the stream is over
+                        raise
+                else:
+                    await self._more()
+            finally:
+                self._reading = False
 
     async def aclose(self) -> None:
-        """Stop reading: close the cursor and give the connection back now. Idempotent."""
+        """Stop reading: close the cursor and give the connection back now. Idempotent.
+
+        From the task reading the stream (or when no batch is in flight): another task's
+        read in progress raises ``RuntimeError``; cancel that task instead, which closes it.
+        """
+        self._check_idle("aclose")
         self._done = True
         self._rows = []
         if self._conn is None:
@@ -142,6 +150,15 @@ class Stream:
         except BaseException:
             self._abandon()
             raise
+
+    def _check_idle(self, op: str) -> None:
+        # As an async generator: the reading task owns the connection mid-batch; closing it
+        # under the driver would hand the pool a connection still being read.
+        if self._reading:
+            raise RuntimeError(
+                f"{op}(): the stream is being read by another task (a batch is in flight); "
+                f"cancel that task to stop it (the stream closes), or read it from one task"
+            )
 
     def __del__(self) -> None:
         # Dropped unfinished (a `break`, an exception in the loop body): close the cursor and
@@ -160,7 +177,7 @@ class Stream:
             return
         eng = self._engine
         opts, gate, backend = eng.options, eng.gate, eng.backend
-        streams = _streams(backend)
+        streams = stream_methods(backend)
         facts = backend.facts
         deadline = deadline_after(self._timeout)
         tried: Attempts | None = None
@@ -188,17 +205,21 @@ class Stream:
             if facts.readonly_guard is not None and (guard or facts.stream_in_transaction):
                 begin, end = facts.readonly_guard
             try:
-                cursor = await streams.open_cursor(
-                    conn, self._query, self._args, begin=begin, end=end, timeout=command_timeout
-                )
-                self._cm, self._conn, self._cursor = cm, conn, cursor
-                self._generation = generation
-                rows = await cursor.fetch(self._batch, command_timeout)
+                # Several round trips (BEGIN, the cursor, the fetch), each given the driver's
+                # timeout: the deadline bounds them together.
+                async with asyncio.timeout_at(deadline):
+                    cursor = await streams.open_cursor(
+                        conn, self._query, self._args, begin=begin, end=end,
+                        timeout=command_timeout,
+                    )  # fmt: skip
+                    self._cm, self._conn, self._cursor = cm, conn, cursor
+                    self._generation = generation
+                    rows = await cursor.fetch(self._batch, command_timeout)
             except Exception as exc:
                 self._cm = self._conn = self._cursor = None
                 kind = eng.classify_sent(exc, conn)
                 if kind is not ErrorKind.CONNECTION:
-                    await _roll_back(backend, conn, begin, command_timeout)
+                    await roll_back(backend, conn, begin, command_timeout)
                 await eng.release_after_failure(cm, exc, deadline)
                 tried = tried or eng._attempts(deadline)
                 guard = await eng._decide(
@@ -221,15 +242,17 @@ class Stream:
         """Inside a transaction: a cursor on its connection, never replayed."""
         tx._check()
         conn = tx._conn
+        deadline = deadline_after(self._bound())
         if tx.dropped:
             await tx.close_dropped(self._bound())
         tx.note_sent(_OP, self._query)  # a streamed ``... RETURNING`` writes
         try:
-            cursor = await _streams(self._engine.backend).open_cursor(
-                conn, self._query, self._args, begin=None, end=None, timeout=self._bound()
-            )
-            self._conn, self._cursor = conn, cursor
-            rows = await cursor.fetch(self._batch, self._bound())
+            async with asyncio.timeout_at(deadline):  # the cursor and the fetch together
+                cursor = await stream_methods(self._engine.backend).open_cursor(
+                    conn, self._query, self._args, begin=None, end=None, timeout=self._bound()
+                )
+                self._conn, self._cursor = conn, cursor
+                rows = await cursor.fetch(self._batch, self._bound())
         except Exception as exc:
             self._conn = self._cursor = None
             self._done = True
@@ -255,6 +278,16 @@ class Stream:
             tx._check()
         try:
             rows = await cursor.fetch(self._batch, self._bound())
+        except StreamInterrupted as exc:
+            # The adapter found the result ended under the stream (MySQL: another statement
+            # on the transaction's connection read it away); the connection is fine.
+            n = self.rows_delivered
+            self._abandon()
+            raise StreamInterrupted(
+                f"backend {self._engine.name!r}: the stream was interrupted after {n} rows had "
+                f"been delivered: {exc}",
+                rows_delivered=n,
+            ) from None
         except Exception as exc:
             await self._interrupted(exc)
             raise  # _interrupted raised; never reached
@@ -299,6 +332,14 @@ class Stream:
             else:
                 eng.monitor.report_lost(self._generation, exc, _OP)
             self._abandon()
+            v = verdict(self._query, eng.backend.facts.family)
+            if self._idempotent is not True and (not v.read_only or v.lookup):
+                # A write streamed (`DELETE ... RETURNING`), or a read calling functions that
+                # may write: the statement ends on the server after its last row is sent, so
+                # whether it was applied is unknown. "Run it again" could apply it twice.
+                unknown = eng.unknown(_OP, exc, "its query may write")
+                unknown.add_note(f"resilientdb: the stream had delivered {n} rows")
+                raise unknown
             err = StreamInterrupted(
                 f"backend {eng.name!r}: the stream was interrupted after {n} rows had been "
                 f"delivered ({describe(exc)}); it is not replayed, because rows already "
@@ -335,7 +376,9 @@ class Stream:
             return
         assert cm is not None
         try:
-            await cursor.close(timeout, drain=False)
+            # A write streamed (`DELETE ... RETURNING`) runs to its end: closing its connection
+            # mid-result would kill the statement (MySQL) after rows had been handed out.
+            await cursor.close(timeout, drain=self._writes())
         except Exception:
             eng.backend.discard(conn)
         except BaseException:
@@ -376,8 +419,15 @@ class Stream:
             self._abandon()
             return
         self._done = True
-        bound = min(self._engine.options.connect_timeout, _CLOSE_BOUND)
+        opts = self._engine.options
+        bound = min(opts.connect_timeout, _CLOSE_BOUND)
+        if self._writes():  # read to its end: as long as a statement may take
+            bound = self._bound() or opts.command_timeout or _DRAIN_BOUND
         self._engine.monitor.release_later(self._finish(bound))
+
+    def _writes(self) -> bool:
+        """Whether the query's text writes (its statement must not be cut short)."""
+        return not verdict(self._query, self._engine.backend.facts.family).read_only
 
     def _bound(self) -> float | None:
         """The bound of one batch: ``timeout`` (when given) within ``command_timeout``."""
@@ -385,30 +435,3 @@ class Stream:
             return None
         limit = self._engine.options.command_timeout
         return self._timeout if limit is None else min(limit, self._timeout)
-
-
-def _streams(backend: Any) -> Streams:
-    if not hasattr(backend, "open_cursor"):
-        raise NotImplementedError(
-            f"the {type(backend).__name__} adapter cannot stream results (no open_cursor)"
-        )
-    streams: Streams = backend
-    return streams
-
-
-async def _roll_back(
-    backend: Any, conn: Connection, begin: str | None, bound: float | None
-) -> None:
-    """After a query error on a stream that began a read-only transaction: end it (the
-    adapter did already where it could; this makes sure), or discard the connection."""
-    if begin is None or conn.is_closed() or not backend.in_transaction(conn):
-        return
-    try:
-        await conn.execute("ROLLBACK", timeout=bound)
-    except Exception:
-        backend.discard(conn)
-
-
-def _check_timeout(timeout: object) -> None:
-    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0:
-        raise ValueError(f"timeout must be a number of seconds > 0, not {timeout!r}")

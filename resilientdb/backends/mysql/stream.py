@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from aiomysql.cursors import SSCursor
 
 from ..._row import Row, make_rows
+from ...errors import StreamInterrupted
 from .connection import alive
 
 if TYPE_CHECKING:
@@ -47,6 +48,18 @@ class MySQLCursor:
         """The next ``n`` rows at most; fewer (or none) at the end of the result."""
         if self._exhausted:
             return []
+        if self._conn.raw._result is not self._cur._result:
+            # Another statement ran on this connection (in the caller's transaction) and read
+            # the rest of this result away first, as the driver does: an empty read now would
+            # end the stream as if the result had no more rows.
+            self._exhausted = True
+            raise StreamInterrupted(
+                "another statement ran on the transaction's connection while the stream was "
+                "open: a MySQL connection carries one result at a time, so the driver read "
+                "the rest of the stream's result away (read the stream to its end, or use "
+                "db.fetch(), before running other statements in the transaction)",
+                rows_delivered=0,
+            )
         if timeout is None:
             timeout = self._conn.default_timeout
         try:
