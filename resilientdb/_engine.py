@@ -320,8 +320,11 @@ class Engine(Leases):
         guard = self._facts.readonly_guard
         assert guard is not None
         begin, end = guard
-        bound = self.bound(self.options.command_timeout, deadline)
-        await conn.execute(begin, timeout=bound)
+        limit = self.options.command_timeout
+        await conn.execute(begin, timeout=self.bound(limit, deadline))
+        # Each statement gets what is left of the deadline, not a fresh bound of its own:
+        # BEGIN, the query and the ending together stay within the call's deadline.
+        bound = self.bound(limit, deadline)
         try:
             if column:
                 result = await conn.fetchval(query, *args, column=column, timeout=bound)
@@ -330,7 +333,7 @@ class Engine(Leases):
         except Exception:
             if not conn.is_closed():
                 with contextlib.suppress(Exception):
-                    await conn.execute("ROLLBACK", timeout=bound)
+                    await conn.execute("ROLLBACK", timeout=self.bound(limit, deadline))
             raise
-        await conn.execute(end, timeout=self.bound(self.options.command_timeout, deadline))
+        await conn.execute(end, timeout=self.bound(limit, deadline))
         return result
