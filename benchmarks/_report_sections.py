@@ -61,6 +61,32 @@ def overhead_section(data: dict[str, Any]) -> str:
             f"**{gate['gate_ns']:,} ns** over the pool + connection path, "
             f"{gate['supervisor_ns']:,} ns over the bare connection call.",
         ]
+    resolve = data.get("resolve")
+    if resolve:
+        lines += [
+            "",
+            "### Resolving a lost COMMIT: the cost of learning the transaction id (PostgreSQL)",
+            "",
+            "A transfer through `run_in_transaction`, resolving against plain, alternated on "
+            "one supervisor (target 1.05).",
+            "",
+            "| case | time ratio | extra per transaction |",
+            "|---|---|---|",
+        ]
+        for case, r in resolve.items():
+            lines.append(f"| {case} | {r['time_ratio']:.3f} | {r['extra_us']} us |")
+    bulk = data.get("bulkload")
+    if bulk:
+        rate = bulk["rows_per_s"]
+        lines += [
+            "",
+            "### COPY bulk load (PostgreSQL)",
+            "",
+            f"`db.copy_records_to_table` against asyncpg's pool, {bulk['rows']:,} rows a load, "
+            f"median of {bulk['rounds']} interleaved rounds: asyncpg {rate['asyncpg pool']:,} "
+            f"rows/s, resilientdb {rate['resilientdb']:,} rows/s, time ratio "
+            f"**{bulk['time_ratio']:.3f}**.",
+        ]
     profiles = [
         (BACKEND_NAMES[key], case, r["profile"])
         for key in BACKEND_NAMES

@@ -28,7 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from benchmarks import _servers, resolve_cost
+from benchmarks import _servers, bulkload, resolve_cost
 from benchmarks._clients import (
     MYSQL,
     PG,
@@ -205,6 +205,11 @@ async def run(s: Settings, rounds: int | None = None, slice_s: float | None = No
         # run_in_transaction, plain against resolving, alternated on one supervisor.
         print("overhead: resolving lost COMMITs (PostgreSQL)", flush=True)
         results["resolve"] = await resolve_cost.bench(s.pick(9, 1), s.pick(60, 3))
+        # Bulk loading (benchmarks/bulkload.py): db.copy_records_to_table against asyncpg's
+        # pool.copy_records_to_table, interleaved; a load is too long a call for the slices above.
+        print("overhead: COPY bulk load (PostgreSQL)", flush=True)
+        dsn = (await _servers.postgres()).dsn()
+        results["bulkload"] = await bulkload.compare(dsn, s.pick(100_000, 2_000), s.pick(15, 2))
     write_json("overhead", results, s.out)
     return results
 

@@ -85,8 +85,11 @@ def test_overhead_quick(out: Path) -> None:
         "psycopg_pool check",
     }
     assert data["gate"]["wall_ns_per_call"]["resilientdb"] > 0
+    assert data["bulkload"]["time_ratio"] > 0  # the COPY comparison ran, both contenders
+    assert set(data["bulkload"]["rows_per_s"]) == {"asyncpg pool", "resilientdb"}
     text = _rendered(out, "## 1. Overhead")
     assert "faster than SQLAlchemy with pre-ping" in text
+    assert "COPY bulk load" in text and "the cost of learning the transaction id" in text
 
 
 def test_outages_quick(out: Path) -> None:
