@@ -74,6 +74,8 @@ def overhead_section(data: dict[str, Any]) -> str:
             "|---|---|---|",
         ]
         for case, r in resolve.items():
+            if not isinstance(r, dict):
+                continue  # the target and the method, not a case
             lines.append(f"| {case} | {r['time_ratio']:.3f} | {r['extra_us']} us |")
     bulk = data.get("bulkload")
     if bulk:

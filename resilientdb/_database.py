@@ -245,7 +245,11 @@ class Database(CopyMethods, ListenMethods):
         batch: bool = False,
     ) -> Any:
         # Before anything else: a query that cannot be prepared raises with nothing sent.
-        sql, args = prepare(query, args, self._engine.backend.facts.family, many=batch)
+        # (The test for a plain str is inlined: it is the hot path, and prepare passes it.)
+        if type(query) is str:
+            sql = query
+        else:
+            sql, args = prepare(query, args, self._engine.backend.facts.family, many=batch)
         tx = self._engine.joined()
         if tx is not None:
             # Inside this task's transaction: run there, never replayed.
