@@ -123,6 +123,12 @@ pidfile = {self._dir / "pgbouncer.pid"}
                 proc.kill()
                 proc.wait(timeout=10)
 
+    @property
+    def pid(self) -> int | None:
+        """The running PgBouncer's process id (a restart changes it)."""
+        proc = self._proc
+        return None if proc is None or proc.poll() is not None else proc.pid
+
     def restart(self) -> None:
         self.stop()
         self.start()
