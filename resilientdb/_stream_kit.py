@@ -1,13 +1,44 @@
 """Small helpers of the streams (``_streams.py``): argument checks, the adapter's stream
-methods, and ending the read-only transaction a failed first batch began."""
+methods, ending the read-only transaction a failed first batch began, and the error a stream
+cut off after its first row raises."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from ._redact import describe
+from ._replay import verdict
 from .backends.base import Connection, Streams
+from .errors import StreamInterrupted
 
-__all__ = ["check_batch", "check_timeout", "roll_back", "stream_methods"]
+if TYPE_CHECKING:
+    from ._engine import Engine
+
+__all__ = ["check_batch", "check_timeout", "cut_off", "roll_back", "stream_methods"]
+
+_OP = "iterate"
+
+
+def cut_off(
+    engine: Engine, exc: Exception, query: str, idempotent: bool | None, delivered: int
+) -> Exception:
+    """What a stream whose connection was lost after ``delivered`` rows raises: never a
+    replay. A write streamed (``DELETE ... RETURNING``), or a read calling functions that may
+    write, ends on the server after its last row is sent, so whether it was applied is
+    unknown (``OutcomeUnknown``: "run it again" could apply it twice); a read is
+    ``StreamInterrupted``, saying how many rows reached the caller."""
+    v = verdict(query, engine.backend.facts.family)
+    if idempotent is not True and (not v.read_only or v.lookup):
+        unknown = engine.unknown(_OP, exc, "its query may write")
+        unknown.add_note(f"resilientdb: the stream had delivered {delivered} rows")
+        return unknown
+    return StreamInterrupted(
+        f"backend {engine.name!r}: the stream was interrupted after {delivered} rows had been "
+        f"delivered ({describe(exc)}); it is not replayed, because rows already handed out "
+        f"would repeat or go missing. Run the query again (for example from the last key "
+        f"seen).",
+        rows_delivered=delivered,
+    )
 
 
 def check_batch(batch: object) -> int:

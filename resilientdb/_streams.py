@@ -28,10 +28,9 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from ._leases import Attempts, deadline_after
-from ._redact import describe
 from ._replay import verdict
 from ._states import State
-from ._stream_kit import check_batch, check_timeout, roll_back, stream_methods
+from ._stream_kit import check_batch, check_timeout, cut_off, roll_back, stream_methods
 from ._transaction import Transaction, TxState
 from .backends.base import Connection, Cursor, ErrorKind
 from .errors import StreamInterrupted, SupervisorClosed
@@ -332,22 +331,7 @@ class Stream:
             else:
                 eng.monitor.report_lost(self._generation, exc, _OP)
             self._abandon()
-            v = verdict(self._query, eng.backend.facts.family)
-            if self._idempotent is not True and (not v.read_only or v.lookup):
-                # A write streamed (`DELETE ... RETURNING`), or a read calling functions that
-                # may write: the statement ends on the server after its last row is sent, so
-                # whether it was applied is unknown. "Run it again" could apply it twice.
-                unknown = eng.unknown(_OP, exc, "its query may write")
-                unknown.add_note(f"resilientdb: the stream had delivered {n} rows")
-                raise unknown
-            err = StreamInterrupted(
-                f"backend {eng.name!r}: the stream was interrupted after {n} rows had been "
-                f"delivered ({describe(exc)}); it is not replayed, because rows already "
-                f"handed out would repeat or go missing. Run the query again (for example "
-                f"from the last key seen).",
-                rows_delivered=n,
-            )
-            raise err from exc
+            raise cut_off(eng, exc, self._query, self._idempotent, n) from exc
         try:
             await self._finish(self._bound())
         except Exception:

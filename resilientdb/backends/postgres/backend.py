@@ -47,6 +47,7 @@ from ..base import (
     TrimsIdle,
 )
 from . import catalog
+from .catalog import ROLE
 from .errors import ERRORS, auth_refused, explain
 from .pool import (
     SESSION_SETTINGS,
@@ -70,11 +71,6 @@ FACTS = BackendFacts(
     atomic_batch=True,
     readonly_guard=("BEGIN READ ONLY", "ROLLBACK"),
     stream_in_transaction=True,
-)
-# The node's role: a standby replays WAL; a fenced primary has default_transaction_read_only.
-ROLE = (
-    "SELECT pg_catalog.pg_is_in_recovery(), "
-    "pg_catalog.current_setting('default_transaction_read_only')::bool"
 )
 
 

@@ -9,7 +9,13 @@ from typing import Any, cast
 import asyncpg
 from asyncpg import exceptions as pgexc
 
-__all__ = ["harmless_functions", "transaction_mark", "transaction_status"]
+__all__ = ["ROLE", "harmless_functions", "transaction_mark", "transaction_status"]
+
+# The node's role: a standby replays WAL; a fenced primary has default_transaction_read_only.
+ROLE = (
+    "SELECT pg_catalog.pg_is_in_recovery(), "
+    "pg_catalog.current_setting('default_transaction_read_only')::bool"
+)
 
 _FUNCTIONS = (
     "SELECT p.proname::text, bool_or(p.provolatile = 'v') FROM pg_catalog.pg_proc p "
