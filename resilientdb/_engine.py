@@ -59,7 +59,7 @@ class Engine(Leases):
         batch: bool = False,
     ) -> Any:
         """Run ``op`` (a Connection method) with the replay rules; see the module docstring."""
-        opts, gate, backend = self.options, self.gate, self.backend
+        gate, backend = self.gate, self.backend
         deadline = None if timeout is None else deadline_after(timeout)
         tried: Attempts | None = None
         guard = False  # the next attempt runs read-only (a replay judged by its text)
@@ -67,14 +67,7 @@ class Engine(Leases):
             if gate.state is not _CONNECTED:
                 await self.pass_gate(deadline, tried)
             generation = self.monitor.generation
-            acquire_timeout: float | None
-            command_timeout: float | None
-            if deadline is None:
-                # None: the adapter applies the configured command_timeout itself.
-                acquire_timeout, command_timeout = opts.acquire_timeout, None
-            else:
-                acquire_timeout = self.bound(opts.acquire_timeout, deadline)
-                command_timeout = self.bound(opts.command_timeout, deadline)
+            acquire_timeout, command_timeout = self.timeouts(deadline)
             try:
                 cm = backend.acquire(acquire_timeout)
                 conn = await cm.__aenter__()
@@ -129,6 +122,16 @@ class Engine(Leases):
                 return result  # it opened a transaction and only read in it: nothing lost
             await self.release(cm, generation, op, deadline)
             return result
+
+    def timeouts(self, deadline: float | None) -> tuple[float | None, float | None]:
+        """``(acquire_timeout, command_timeout)`` for one attempt, cut to the deadline; a
+        command timeout of None lets the adapter apply the configured one itself."""
+        opts = self.options
+        if deadline is None:
+            return opts.acquire_timeout, None
+        return self.bound(opts.acquire_timeout, deadline), self.bound(
+            opts.command_timeout, deadline
+        )
 
     async def _moved_by(self, exc: Exception, conn: Connection, deadline: float | None) -> bool:
         """``moved`` within the call's deadline: a node that does not answer the role question

@@ -175,7 +175,7 @@ class Stream:
             await self._first_in(tx)
             return
         eng = self._engine
-        opts, gate, backend = eng.options, eng.gate, eng.backend
+        gate, backend = eng.gate, eng.backend
         streams = stream_methods(backend)
         facts = backend.facts
         deadline = deadline_after(self._timeout)
@@ -185,13 +185,7 @@ class Stream:
             if gate.state is not _CONNECTED:
                 await eng.pass_gate(deadline, tried)
             generation = eng.monitor.generation
-            acquire_timeout: float | None
-            command_timeout: float | None
-            if deadline is None:
-                acquire_timeout, command_timeout = opts.acquire_timeout, None
-            else:
-                acquire_timeout = eng.bound(opts.acquire_timeout, deadline)
-                command_timeout = eng.bound(opts.command_timeout, deadline)
+            acquire_timeout, command_timeout = eng.timeouts(deadline)
             try:
                 cm = backend.acquire(acquire_timeout)
                 conn = await cm.__aenter__()
